@@ -1,0 +1,3 @@
+from .class_prompts import ClassPromptDataset
+
+__all__ = ['ClassPromptDataset']

@@ -8,7 +8,6 @@ the trailing dimensions of ``x`` (``(B, ...)``).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 SigmaLike = float | Tensor

@@ -1,0 +1,1 @@
+from . import backbones, distillers, losses, samplers  # noqa: F401  (register modules)

@@ -1,0 +1,4 @@
+from .ema import TrainableEMAHook
+from .rng_state import RNGStateHook
+
+__all__ = ['RNGStateHook', 'TrainableEMAHook']

@@ -1,0 +1,3 @@
+from .cps import CPSSampler, EulerSampler, Rollout
+
+__all__ = ['CPSSampler', 'EulerSampler', 'Rollout']

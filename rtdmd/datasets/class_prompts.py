@@ -1,0 +1,34 @@
+"""Class-label "prompts" of the analytic world."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from rtdmd.registry import DATASETS
+
+
+@DATASETS.register_module()
+class ClassPromptDataset(Dataset):
+    """``num_classes * samples_per_class`` items ``{'prompt': class_id, 'index': i}``.
+
+    Item ``i`` has class ``i // samples_per_class``, so an evaluation split holds exactly
+    ``samples_per_class`` samples of every class.
+    """
+
+    def __init__(self, num_classes: int, samples_per_class: int = 1) -> None:
+        if num_classes < 1 or samples_per_class < 1:
+            raise ValueError('num_classes and samples_per_class must be >= 1, got '
+                             f'{num_classes} and {samples_per_class}')
+        self.num_classes = num_classes
+        self.samples_per_class = samples_per_class
+        self.metainfo = dict(num_classes=num_classes)
+
+    def __len__(self) -> int:
+        return self.num_classes * self.samples_per_class
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return {'prompt': index // self.samples_per_class, 'index': index}

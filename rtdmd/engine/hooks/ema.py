@@ -1,0 +1,97 @@
+"""EMA of the trainable parameters only (the teacher and frozen bases are never copied)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch import Tensor
+
+from rtdmd.functional.ema import ema_update_, ema_warmup_decay
+from rtdmd.registry import HOOKS
+
+
+@HOOKS.register_module()
+class TrainableEMAHook(Hook):
+    """Keeps an EMA of ``role``'s trainable parameters and swaps it in for val / test.
+
+    Args:
+        role: the backbone role to average (``'generator'``).
+        decay: EMA decay (0.99 in the cold start).
+        interval: update every this many iterations.
+        warmup: use the warm-up decay ``min((1 + s) / (10 + s), decay)`` (the RL stage's).
+        begin_iter: first iteration that updates the EMA.
+
+    The EMA lives in the checkpoint under ``'ema_state'`` (parameter name -> tensor).
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, role: str = 'generator', decay: float = 0.99, interval: int = 1,
+                 warmup: bool = False, begin_iter: int = 0) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f'decay must lie in [0, 1), got {decay}')
+        self.role = role
+        self.decay = decay
+        self.interval = interval
+        self.warmup = warmup
+        self.begin_iter = begin_iter
+        self.ema: dict[str, Tensor] = {}
+        self._backup: dict[str, Tensor] = {}
+
+    def _params(self, runner: Any) -> dict[str, torch.nn.Parameter]:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        net = getattr(model.backbone, self.role)
+        return {n: p for n, p in net.named_parameters() if p.requires_grad}
+
+    def before_run(self, runner: Any) -> None:
+        params = self._params(runner)
+        if not self.ema:
+            self.ema = {n: p.detach().clone() for n, p in params.items()}
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
+                         outputs: Any = None) -> None:
+        step = runner.iter  # iterations finished before this one
+        if step < self.begin_iter or (step + 1) % self.interval:
+            return
+        decay = ema_warmup_decay(step, self.decay) if self.warmup else self.decay
+        params = self._params(runner)
+        ema_update_([self.ema[n] for n in params], list(params.values()), decay)
+
+    def swap(self, runner: Any) -> None:
+        """Exchange live and EMA weights (call twice to undo)."""
+        with torch.no_grad():
+            for name, param in self._params(runner).items():
+                live = param.detach().clone()
+                param.copy_(self.ema[name])
+                self.ema[name] = live
+
+    def before_val_epoch(self, runner: Any) -> None:
+        self.swap(runner)
+
+    def after_val_epoch(self, runner: Any, metrics: dict | None = None) -> None:
+        self.swap(runner)
+
+    def before_test_epoch(self, runner: Any) -> None:
+        self.swap(runner)
+
+    def after_test_epoch(self, runner: Any, metrics: dict | None = None) -> None:
+        self.swap(runner)
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        checkpoint['ema_state'] = {n: t.cpu() for n, t in self.ema.items()}
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        state = checkpoint.get('ema_state')
+        if state is None:
+            runner.logger.warning('checkpoint has no ema_state: the EMA restarts from the '
+                                  'loaded weights')
+            self.ema = {}
+            return
+        params = self._params(runner)
+        missing = set(params) - set(state)
+        if missing:
+            raise KeyError(f'ema_state in the checkpoint lacks {sorted(missing)[:5]}')
+        self.ema = {n: state[n].to(p.device, p.dtype).clone() for n, p in params.items()}

@@ -1,0 +1,41 @@
+"""Save and restore the global random states with every checkpoint."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+
+from rtdmd.registry import HOOKS
+
+
+@HOOKS.register_module()
+class RNGStateHook(Hook):
+    """Puts Python's, NumPy's and torch's (CPU and CUDA) global RNG states into checkpoints.
+
+    rtdmd's own draws come from counter-based streams (:mod:`rtdmd.utils.rng`) and need no
+    state; this covers anything else that uses the global generators (data augmentation,
+    third-party code). The states are the saving rank's; on resume every rank restores them
+    and then re-offsets by its rank so that ranks keep distinct streams.
+    """
+
+    priority = 'VERY_LOW'
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        checkpoint['rng_state'] = dict(
+            python=random.getstate(), numpy=np.random.get_state(),
+            torch=torch.get_rng_state(),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        state = checkpoint.get('rng_state')
+        if state is None or runner.rank != 0 or not getattr(runner, '_resume', False):
+            return  # only an exact resume restores the random state, not a weight load
+        random.setstate(state['python'])
+        np.random.set_state(state['numpy'])
+        torch.set_rng_state(state['torch'])
+        if state['cuda'] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['cuda'])

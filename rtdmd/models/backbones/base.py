@@ -1,0 +1,103 @@
+"""The backbone protocol: everything family-specific stays behind it.
+
+A backbone builds and owns the three networks of the method (frozen ``teacher``, trainable
+``generator`` and ``fake_score``) and answers, for any of them, "what velocity do you predict at
+``(x, sigma)`` for these prompts?". Distillers, samplers and losses only talk to this protocol, so
+they do not know whether they run a 2-D toy or a 4-billion-parameter DiT. Everywhere outside the
+backbones ``sigma`` is the continuous noise level in [0, 1]; timestep scaling, latent packing,
+guidance handling and text encoding are the backbone's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rtdmd.functional.flow import cfg_combine
+
+Condition = dict[str, Any]
+ROLES = ('teacher', 'generator', 'fake_score')
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone; subclasses implement the ``_velocity`` forward."""
+
+    teacher: nn.Module
+    generator: nn.Module
+    fake_score: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Distributed wrappers (DDP/FSDP) of trainable roles. Kept out of the module tree so that
+        # state dicts and checkpoints are identical with and without distribution.
+        self._wrapped: dict[str, nn.Module] = {}
+
+    # ----------------------------------------------------------------- to implement per family
+    def encode_prompts(self, prompts: Sequence[Any]) -> Condition:
+        """Encode a batch of prompts once; the result is reused by every model call."""
+        raise NotImplementedError
+
+    def null_condition(self, cond: Condition) -> Condition:
+        """The empty-prompt condition with the batch size of ``cond`` (for CFG)."""
+        raise NotImplementedError
+
+    def _velocity(self, net: nn.Module, role: str, x: Tensor, sigma: Tensor,
+                  cond: Condition) -> Tensor:
+        """One forward of ``net`` at continuous ``sigma`` ``(B,)``; returns a velocity."""
+        raise NotImplementedError
+
+    def sigma_schedule(self, step_list: Sequence[int], latent_shape: Sequence[int]) -> Tensor:
+        """Few-step sigmas (already shifted for this family) with a trailing 0, ``(S + 1,)``."""
+        raise NotImplementedError
+
+    def latent_shape(self) -> tuple[int, ...]:
+        """Per-sample latent shape used for generation."""
+        raise NotImplementedError
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents to the space rewards see (images in [0, 1] for image models)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ shared machinery
+    def net(self, role: str) -> nn.Module:
+        """The module to call for ``role``: its distributed wrapper if one is set."""
+        if role not in ROLES:
+            raise KeyError(f'unknown role {role!r}; expected one of {ROLES}')
+        return self._wrapped.get(role, getattr(self, role))
+
+    def wrap_roles(self, wrap: Callable[[nn.Module], nn.Module],
+                   roles: Sequence[str] = ('generator', 'fake_score')) -> None:
+        """Wrap trainable roles for distributed training (the teacher is never wrapped)."""
+        for role in roles:
+            self._wrapped[role] = wrap(getattr(self, role))
+
+    def trainable_parameters(self, role: str) -> Iterator[nn.Parameter]:
+        return (p for p in getattr(self, role).parameters() if p.requires_grad)
+
+    def predict_velocity(self, role: str, x: Tensor, sigma: Tensor | float, cond: Condition,
+                         guidance_scale: float | Tensor = 1.0) -> Tensor:
+        """Velocity of ``role`` at ``(x, sigma)``, with real CFG when ``guidance_scale != 1``.
+
+        Returns float32 whatever the network dtype (sampler and loss math is fp32).
+        """
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        net = self.net(role)
+        v_cond = self._velocity(net, role, x, sigma, cond).float()
+        if isinstance(guidance_scale, (int, float)) and guidance_scale == 1.0:
+            return v_cond
+        v_uncond = self._velocity(net, role, x, sigma, self.null_condition(cond)).float()
+        return cfg_combine(v_uncond, v_cond, guidance_scale)
+
+    def freeze_teacher(self) -> None:
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        self.teacher.eval()  # the teacher is frozen and always in eval mode
+        return self

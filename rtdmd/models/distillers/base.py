@@ -1,0 +1,99 @@
+"""What every distiller shares: the backbone, the sampler, random streams, generation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from mmengine.dist import get_rank
+from mmengine.model import BaseModel
+from mmengine.optim import OptimWrapperDict
+from torch import Tensor
+
+from rtdmd.models.backbones.base import Backbone, Condition
+from rtdmd.models.samplers.cps import CPSSampler
+from rtdmd.registry import MODELS, SAMPLERS
+from rtdmd.utils.rng import stream, stream_seed
+
+
+class DistillerBase(BaseModel):
+    """Owns a backbone (teacher, generator, fake score) and the generator's sampler.
+
+    The iteration counter is a persistent buffer, so it is saved in every checkpoint; all draws
+    of an iteration come from counter-based streams (:mod:`rtdmd.utils.rng`), which makes a
+    resumed run continue exactly as the uninterrupted one.
+    """
+
+    def __init__(self, backbone: dict, sampler: dict, seed: int = 0, eval_seed: int = 42,
+                 data_preprocessor: dict | None = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.backbone: Backbone = MODELS.build(backbone)
+        self.sampler: CPSSampler = SAMPLERS.build(sampler)
+        self.seed = seed
+        self.eval_seed = eval_seed
+        self.register_buffer('iteration', torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------------------- helpers
+    def streams(self, step: int, tag: str) -> tuple[torch.Generator, torch.Generator]:
+        """``(shared, local)`` generators of ``step``: shared is identical on every rank."""
+        device = self.iteration.device
+        return (stream(self.seed, step, tag, 'shared', device=device),
+                stream(self.seed, step, tag, 'local', get_rank(), device=device))
+
+    def initial_noise(self, cond: Condition, generator: torch.Generator) -> Tensor:
+        batch = _batch_size(cond)
+        return torch.randn((batch, *self.backbone.latent_shape()), generator=generator,
+                           device=self.iteration.device)
+
+    def _update(self, role: str, losses: dict[str, Tensor], optim_wrapper: OptimWrapperDict
+                ) -> dict[str, Tensor]:
+        """Sum the ``loss_*`` terms on purpose, step ``role``'s optimizer, return log values."""
+        wrapper = optim_wrapper[role]
+        with wrapper.optim_context(self.backbone.net(role)):
+            total = sum(v for k, v in losses.items() if k.startswith('loss_'))
+        wrapper.update_params(total)
+        log_vars = {k: v.detach().float() for k, v in losses.items()}
+        log_vars[f'loss_{role}'] = total.detach().float()
+        return log_vars
+
+    # ---------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Any] | Tensor, seed: int | None = None) -> Tensor:
+        """Few-step samples for ``prompts`` (no random stop), decoded by the backbone."""
+        cond = self.backbone.encode_prompts(prompts)
+        gen = stream(self.eval_seed if seed is None else seed, 'generate',
+                     device=self.iteration.device)
+        ro = self.sampler.rollout(self.backbone, cond, self.initial_noise(cond, gen),
+                                  generator=gen)
+        return self.backbone.decode(ro.sample)
+
+    def val_step(self, data: dict | Sequence) -> list[dict[str, Any]]:
+        data = self.data_preprocessor(data, False)
+        prompts = data['prompt']
+        # Seeded by the index of the batch's first sample: evaluation is reproducible.
+        index = data.get('index')
+        seed_key = int(index[0]) if index is not None else 0
+        samples = self.generate(prompts, seed=stream_seed(self.eval_seed, seed_key))
+        return [dict(sample=samples[i].cpu(), prompt=_item(prompts, i))
+                for i in range(samples.shape[0])]
+
+    def test_step(self, data: dict | Sequence) -> list[dict[str, Any]]:
+        return self.val_step(data)
+
+    def forward(self, inputs: Any = None, data_samples: Any = None, mode: str = 'tensor'
+                ) -> Any:
+        raise RuntimeError('distillers are driven through train_step / val_step / test_step')
+
+
+def _batch_size(cond: Condition) -> int:
+    for value in cond.values():
+        if isinstance(value, Tensor):
+            return value.shape[0]
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    raise ValueError('cannot infer the batch size of an empty condition')
+
+
+def _item(prompts: Sequence[Any] | Tensor, i: int) -> Any:
+    return prompts[i].item() if isinstance(prompts, Tensor) else prompts[i]

@@ -1,0 +1,333 @@
+"""Strict config loading: mistyped keys fail before the Runner is built.
+
+mmengine ignores unknown top-level keys and only notices a mistyped constructor argument deep
+inside ``Runner.train()`` (or never, for a component that is built lazily). ``tools/train.py`` and
+``tools/test.py`` therefore load configs through :func:`load_config`, which checks three things
+over the whole tree and reports every problem at once:
+
+1. every top-level key is a parameter of the Runner (``Runner.__init__`` introspected; the class
+   named by ``runner_type`` when set), a key mmengine reads from ``cfg`` directly, or one of
+   :data:`EXTRA_TOP_LEVEL_KEYS`. Keys starting with ``_`` are config-local helper variables.
+2. every dict with a string ``type`` names something registered: the rtdmd registries, their
+   mmengine parents and the other mmengine root registries (``OPTIMIZERS``, ``PARAM_SCHEDULERS``,
+   ``VISBACKENDS``, ...), honouring mmengine's ``'scope.Name'`` prefix, a ``_scope_`` key and
+   full import paths (``'torch.optim.AdamW'``).
+3. every other key of such a dict is a parameter of the resolved class (``__init__``) or
+   function, unless the signature takes ``**kwargs`` (then nothing can be said).
+
+Typeless dicts (``train_cfg=dict(by_epoch=False, ...)``, dataloaders, ``default_hooks``) and
+lists are walked recursively. Non-string types (classes from new-style configs) are not resolved.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os.path as osp
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from mmengine.config import Config
+from mmengine.registry import Registry
+
+from .config_refs import resolve_references
+
+__all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config', 'validate_config']
+
+#: Project-level top-level keys that are not Runner arguments. tools/*.py and the rtdmd loops
+#: read them from ``cfg``; an issue that adds such a key extends this set (and nothing else).
+EXTRA_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
+    {'world', 'reward', 'backbone', 'stages', 'evaluation'})
+
+# Top-level keys mmengine itself reads from ``cfg`` although they are not Runner arguments:
+# Config.fromfile imports ``custom_imports``; ``Runner.wrap_model`` reads the other three;
+# tools pick the runner class from ``runner_type``.
+_MMENGINE_TOP_LEVEL_KEYS = frozenset(
+    {'runner_type', 'custom_imports', 'model_wrapper_cfg', 'sync_bn', 'find_unused_parameters'}
+)
+
+# Keys every build function of mmengine pops before calling the constructor.
+_BUILD_KEYS = frozenset({'type', '_scope_'})
+
+# Keys mmengine pops from a typed dict before the constructor sees it, per root registry name:
+# build_optim_wrapper pops constructor/paramwise_cfg, build_scheduler_from_cfg pops
+# convert_to_iter_based, Runner.register_hook pops priority, Visualizer pops a backend's name.
+_REGISTRY_RESERVED_KEYS = {
+    'optim_wrapper': frozenset({'constructor', 'paramwise_cfg'}),
+    'parameter scheduler': frozenset({'convert_to_iter_based'}),
+    'hook': frozenset({'priority'}),
+    'vis_backend': frozenset({'name'}),
+}
+
+# String values that name a registered thing although they are not under a 'type' key.
+_NAMED_TYPE_KEYS = {('optim_wrapper', 'constructor'): 'optimizer wrapper constructor'}
+
+_MAX_SUGGESTIONS = 3
+_TOP_LEVEL_HINT = (
+    " Config-local helper variables start with '_'; project keys belong in "
+    'rtdmd.utils.config.EXTRA_TOP_LEVEL_KEYS.'
+)
+
+
+class ConfigError(ValueError):
+    """A config names an unknown key, type or constructor argument.
+
+    Attributes:
+        errors: One message per problem, each starting with the offending key path.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        if len(errors) == 1:
+            msg = errors[0]
+        else:
+            msg = f'{len(errors)} config errors:\n' + '\n'.join(f'  - {e}' for e in errors)
+        super().__init__(msg)
+
+
+def load_config(path: str, cfg_options: dict | None = None) -> Config:
+    """Load a config file, merge command-line overrides, resolve ``'${key}'`` references and
+    validate the result.
+
+    Args:
+        path: Path of a ``.py`` (old- or new-style), ``.json`` or ``.yaml`` config.
+        cfg_options: ``--cfg-options`` as parsed by mmengine's ``DictAction``, e.g.
+            ``{'train_cfg.max_iters': 10, 'custom_hooks': [...]}``.
+
+    Returns:
+        The merged and validated config.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: see :func:`validate_config`.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path!r}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    try:
+        resolve_references(cfg)
+    except (KeyError, ValueError) as err:
+        raise ConfigError([str(err).strip('"')]) from None
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: Config | dict) -> None:
+    """Check top-level keys, registered types and constructor arguments of a config.
+
+    Args:
+        cfg: A loaded config (or a plain dict of the same shape).
+
+    Raises:
+        ConfigError: listing every problem as ``'<key.path>: <what> Did you mean: <names>?'``.
+    """
+    cfg_dict = cfg._cfg_dict if isinstance(cfg, Config) else cfg
+    resolver = _Resolver()
+    errors: list[str] = []
+    items = [
+        (k, v)
+        for k, v in dict.items(cfg_dict)
+        if not str(k).startswith('_') and not _is_lazy_import(v)
+    ]
+
+    runner_cls = _runner_class(resolver, dict.get(cfg_dict, 'runner_type'))
+    valid_top = (_parameters(runner_cls) or set()) - {'cfg'}
+    valid_top |= _MMENGINE_TOP_LEVEL_KEYS | EXTRA_TOP_LEVEL_KEYS
+    for key, _ in items:
+        if key not in valid_top:
+            hint = _suggest(str(key), valid_top) or _TOP_LEVEL_HINT
+            errors.append(f'{key}: unknown top-level config key.{hint}')
+
+    scope = dict.get(cfg_dict, 'default_scope') or 'rtdmd'
+    for key, value in items:
+        errors.extend(_check_node(value, str(key), scope, resolver))
+    for path, registry_name in _NAMED_TYPE_KEYS.items():
+        name = _get_path(cfg_dict, path)
+        if isinstance(name, str) and not resolver.resolve(name, scope, registry_name):
+            errors.append(
+                f'{".".join(path)}: {name!r} is not a registered {registry_name}.'
+                + _suggest(name, resolver.names(scope, registry_name))
+            )
+    if errors:
+        raise ConfigError(errors)
+
+
+def _check_node(node: Any, path: str, scope: str, resolver: _Resolver) -> list[str]:
+    """Recursively check dicts (typed or not) and lists below ``path``."""
+    errors: list[str] = []
+    if isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            errors.extend(_check_node(item, f'{path}[{i}]', scope, resolver))
+        return errors
+    if not isinstance(node, dict):
+        return errors
+    scope = dict.get(node, '_scope_') or scope
+    type_name = dict.get(node, 'type')
+    if isinstance(type_name, str):
+        errors.extend(_check_typed_dict(node, type_name, path, scope, resolver))
+    for key, value in dict.items(node):
+        if key != 'type':
+            errors.extend(_check_node(value, f'{path}.{key}', scope, resolver))
+    return errors
+
+
+def _check_typed_dict(
+    node: dict, type_name: str, path: str, scope: str, resolver: _Resolver
+) -> list[str]:
+    """Resolve ``node['type']`` and compare the other keys with the constructor signature."""
+    found = resolver.resolve(type_name, scope)
+    if not found:
+        return [
+            f'{path}.type: {type_name!r} is not a registered type.'
+            + _suggest(Registry.split_scope_key(type_name)[1], resolver.names(scope))
+        ]
+    # The same name may live in several registries; a key is wrong only if no candidate takes it.
+    accepted: set[str] = set()
+    for registry_name, obj in found:
+        params = _parameters(obj)
+        if params is None:
+            return []
+        accepted |= params | _REGISTRY_RESERVED_KEYS.get(registry_name, frozenset())
+    errors = []
+    for key in dict.keys(node):
+        if key not in accepted and key not in _BUILD_KEYS:
+            obj = found[0][1]
+            name = f'{getattr(obj, "__module__", "?")}.{getattr(obj, "__qualname__", obj)}'
+            errors.append(
+                f'{path}.{key}: {key!r} is not an argument of {type_name} ({name}).'
+                + _suggest(str(key), accepted)
+            )
+    return errors
+
+
+class _Resolver:
+    """Looks names up in every registry tree the way ``Registry.build`` would find them."""
+
+    def __init__(self) -> None:
+        import mmengine.registry.root as mmengine_root
+        import mmengine.runner  # noqa: F401  (registers mmengine's hooks, loops, optimizers, ...)
+
+        import rtdmd.registry as rtdmd_registry
+
+        candidates = list(vars(mmengine_root).values()) + list(vars(rtdmd_registry).values())
+        roots: dict[int, Registry] = {}
+        for reg in candidates:
+            if isinstance(reg, Registry):
+                root = reg._get_root_registry()
+                roots[id(root)] = root
+        self.roots = list(roots.values())
+        for root in self.roots:
+            for reg in _walk_tree(root):
+                reg.import_from_location()
+
+    def _chains(
+        self, scope: str, prefix: str | None, registry_name: str | None
+    ) -> Iterator[tuple[str, list[Registry]]]:
+        """Yield (root name, registries to search in order) for each root registry tree."""
+        for root in self.roots:
+            if registry_name is not None and root.name != registry_name:
+                continue
+            node = root._search_child(prefix or scope)
+            if node is None:
+                if prefix is not None:
+                    continue  # an explicit scope this tree does not know
+                node = root  # mmengine's switch_scope_and_registry falls back to the root too
+            chain = []
+            while node is not None:
+                chain.append(node)
+                node = node.parent
+            yield root.name, chain
+
+    def resolve(
+        self, type_name: str, scope: str, registry_name: str | None = None
+    ) -> list[tuple[str, Any]]:
+        """Return (root registry name, object) for every tree that knows ``type_name``."""
+        prefix, key = Registry.split_scope_key(type_name)
+        found = []
+        for root_name, chain in self._chains(scope, prefix, registry_name):
+            for reg in chain:
+                if key in reg._module_dict:
+                    found.append((root_name, reg._module_dict[key]))
+                    break
+        if not found and prefix is not None:
+            # mmengine's Registry.get falls back to an import path, as dumped by lazy configs.
+            from mmengine.utils import get_object_from_string
+
+            try:
+                obj = get_object_from_string(type_name)
+            except Exception:  # noqa: BLE001  (any import failure means "not found")
+                obj = None
+            if obj is not None and not inspect.ismodule(obj):
+                found.append(('', obj))
+        return found
+
+    def names(self, scope: str, registry_name: str | None = None) -> set[str]:
+        """All names visible from ``scope``, for suggestions."""
+        return {
+            name
+            for _, chain in self._chains(scope, None, registry_name)
+            for reg in chain
+            for name in reg._module_dict
+        }
+
+
+def _walk_tree(registry: Registry) -> Iterator[Registry]:
+    yield registry
+    for child in registry._children.values():
+        yield from _walk_tree(child)
+
+
+def _runner_class(resolver: _Resolver, runner_type: Any) -> Any:
+    from mmengine.runner import Runner
+
+    if isinstance(runner_type, str):
+        found = resolver.resolve(runner_type, 'rtdmd', 'runner')
+        return found[0][1] if found else Runner
+    return runner_type if inspect.isclass(runner_type) else Runner
+
+
+def _parameters(obj: Any) -> set[str] | None:
+    """Keyword-passable parameter names of a class constructor or function.
+
+    Returns None when anything goes (``**kwargs``, or no introspectable signature).
+    """
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    if target is object.__init__:
+        return None
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    if inspect.isclass(obj) and params:
+        params = params[1:]  # self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, sorted(choices), n=_MAX_SUGGESTIONS)
+    return f' Did you mean: {", ".join(matches)}?' if matches else ''
+
+
+def _is_lazy_import(value: Any) -> bool:
+    """True for names a new-style config imports (``from torch.optim import AdamW``)."""
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    return isinstance(value, (LazyObject, LazyAttr)) or inspect.ismodule(value)
+
+
+def _get_path(cfg_dict: dict, path: tuple[str, ...]) -> Any:
+    node: Any = cfg_dict
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = dict.__getitem__(node, key)
+    return node

@@ -1,0 +1,170 @@
+"""The two fixes mmengine 0.10.7 needs on torch >= 2.6 and on machines without GPUs.
+
+``tools/train.py`` and ``tools/test.py`` call :func:`apply_mmengine_patches` first thing and
+:func:`init_distributed` before building the Runner:
+
+1. Resume: mmengine's local checkpoint loader calls ``torch.load(path)``; torch >= 2.6 defaults
+   to ``weights_only=True`` and refuses the ``HistoryBuffer`` (and numpy state) in mmengine's
+   own training checkpoints. The local-file scheme is re-registered with a loader that passes
+   ``weights_only=False`` -- local paths are the project's own checkpoints, which it trusts.
+   Remote schemes (``http://``, ``pavi://``, ...) keep mmengine's loaders and so torch's safe
+   default.
+2. CPU distributed: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` unconditionally.
+   ``Runner.setup_env`` only calls it when ``torch.distributed`` is not yet initialised
+   (``if self.distributed and not is_distributed()``), so starting the group here first -- gloo
+   without CUDA, nccl with it -- lets a Runner with ``launcher='pytorch'`` run on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import os.path as osp
+import pickle
+import subprocess
+import zipfile
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    'CheckpointReadError',
+    'apply_mmengine_patches',
+    'init_distributed',
+    'load_from_local',
+    'patch_checkpoint_loader',
+]
+
+_DEFAULT_MASTER_PORT = '29500'  # torch.distributed's default, as in mmengine's slurm launcher
+
+
+class CheckpointReadError(RuntimeError):
+    """A local checkpoint file exists but cannot be deserialised."""
+
+
+def load_from_local(filename: str, map_location: str | torch.device | None = None) -> dict:
+    """Load a local training checkpoint written by this project (``weights_only=False``).
+
+    Named like mmengine's loader on purpose: ``CheckpointLoader`` logs ``name[10:]`` as the
+    backend ("Loads checkpoint by local backend").
+
+    Args:
+        filename: Local path; ``~`` is expanded.
+        map_location: Same as :func:`torch.load`.
+
+    Returns:
+        The checkpoint dict (``meta``, ``state_dict``, ``optimizer``, ``message_hub``, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointReadError: the file is truncated or not a torch checkpoint.
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable(filename, e) from e
+    except RuntimeError as e:
+        # Only the zip reader's errors mean a damaged file; others (e.g. a CUDA tensor on a
+        # CPU-only machine) are real and pass through unchanged.
+        if 'PytorchStreamReader' in str(e) or 'zip archive' in str(e):
+            raise _unreadable(filename, e) from e
+        raise
+
+
+def _unreadable(filename: str, error: BaseException) -> CheckpointReadError:
+    return CheckpointReadError(
+        f'{filename} is not a readable checkpoint (truncated or corrupt?): '
+        f'{type(error).__name__}: {error}'
+    )
+
+
+def patch_checkpoint_loader() -> None:
+    """Route local paths (mmengine's '' prefix) through :func:`load_from_local`."""
+    # Imported here: mmengine.runner pulls in transformers/peft (seconds), which spawned
+    # worker processes that only need init_distributed should not pay for.
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    if CheckpointLoader._schemes.get('') is not load_from_local:
+        CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+
+
+def apply_mmengine_patches() -> None:
+    """Apply every mmengine fix this project needs; safe to call more than once.
+
+    The process-group fix is not a patch: call :func:`init_distributed` before the Runner.
+    """
+    patch_checkpoint_loader()
+
+
+def init_distributed(
+    launcher: str, backend: str | None = None, timeout_s: float | None = None
+) -> tuple[int, int]:
+    """Start ``torch.distributed`` for ``launcher`` unless it is already running.
+
+    With CUDA: nccl and ``torch.cuda.set_device(local_rank)``; without: gloo, CUDA untouched.
+    Reads torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (launcher ``'pytorch'``) or
+    ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_NODELIST`` (``'slurm'``, which then sets the
+    torchrun variables, ``MASTER_ADDR`` from ``scontrol`` and ``MASTER_PORT`` default 29500).
+
+    Args:
+        launcher: ``'none'``, ``'pytorch'`` or ``'slurm'`` (the tools' ``--launcher``).
+        backend: Force a backend; None picks nccl with CUDA, gloo without.
+        timeout_s: Collective timeout in seconds (``env_cfg.dist_cfg.timeout``); None keeps
+            torch's default.
+
+    Returns:
+        ``(rank, world_size)``; ``(0, 1)`` for ``'none'``.
+
+    Raises:
+        ValueError: an unknown launcher, or nccl requested on a machine without CUDA.
+    """
+    if launcher == 'none':
+        return 0, 1
+    if launcher not in ('pytorch', 'slurm'):
+        raise ValueError(f"launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if launcher == 'slurm':
+        _export_slurm_env()
+    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+
+    use_cuda = torch.cuda.is_available()
+    backend = backend or ('nccl' if use_cuda else 'gloo')
+    if backend == 'nccl' and not use_cuda:
+        raise ValueError(
+            "backend 'nccl' needs CUDA, which is not available here; "
+            'pass backend=None (gloo on CPU) or a CPU backend'
+        )
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    kwargs = {}
+    if timeout_s is not None:
+        kwargs['timeout'] = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+    return rank, world_size
+
+
+def _export_slurm_env() -> None:
+    """Translate SLURM's variables into torchrun's, as mmengine's ``_init_dist_slurm`` does."""
+    proc_id = int(os.environ['SLURM_PROCID'])
+    local_id = os.environ.get('SLURM_LOCALID')
+    if local_id is not None:
+        local_rank = int(local_id)
+    else:
+        local_rank = proc_id % max(torch.cuda.device_count(), 1)
+    if 'MASTER_ADDR' not in os.environ:
+        node_list = os.environ['SLURM_NODELIST']
+        hosts = subprocess.run(
+            ['scontrol', 'show', 'hostname', node_list], check=True, capture_output=True, text=True
+        ).stdout.split()
+        if not hosts:
+            raise RuntimeError(f'scontrol show hostname {node_list} returned no host')
+        os.environ['MASTER_ADDR'] = hosts[0]
+    os.environ.setdefault('MASTER_PORT', _DEFAULT_MASTER_PORT)
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = str(local_rank)
+    os.environ['RANK'] = str(proc_id)

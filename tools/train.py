@@ -1,0 +1,70 @@
+"""Train with an rtdmd config.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options k=v ...]
+                                 [--launcher none|pytorch|slurm]
+
+The config is validated before anything is built: an unknown key, type or argument stops the run
+with a message naming it. The resolved config is written into the work dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
+from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train an rtdmd model.')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', default=None,
+                        help='resume from CKPT, or from the latest checkpoint of the work dir '
+                        'when no path is given')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config keys, e.g. model.fake_update_ratio=5 '
+                        'world.stds="[0.3,0.3]"')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_cfg(args: argparse.Namespace):
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = None if args.resume == 'auto' else args.resume
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    apply_mmengine_patches()
+    try:
+        cfg = build_cfg(args)
+    except (ConfigError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
+    init_distributed(args.launcher)
+
+    from rtdmd.engine.pipeline import run_training  # heavy imports after validation
+    run_training(cfg)
+
+
+if __name__ == '__main__':
+    main()
