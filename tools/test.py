@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     init_distributed(args.launcher)
 
     from rtdmd.engine.pipeline import run_test
-    run_test(cfg, args.checkpoint)
+    run_test(cfg, args.checkpoint, args.cfg_options)
 
 
 if __name__ == '__main__':

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     init_distributed(args.launcher)
 
     from rtdmd.engine.pipeline import run_training  # heavy imports after validation
-    run_training(cfg)
+    run_training(cfg, args.cfg_options)
 
 
 if __name__ == '__main__':

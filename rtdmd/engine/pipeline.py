@@ -1,16 +1,30 @@
-"""Build the mmengine Runner from a validated config and run training or evaluation."""
+"""Run a config: one Runner, or a pipeline of stages followed by a side-by-side evaluation.
+
+A config with a top-level ``stages`` list trains each stage with its own Runner and work dir
+(``<work_dir>/<name>``); a stage may start from an earlier one (``init_from``). A finished stage
+is skipped and an interrupted one resumed, so a crashed pipeline continues where it stopped.
+``evaluation`` then samples every listed model and writes the comparison (the analytic world's
+ground-truth report for the toy configs).
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import os.path as osp
 from typing import Any
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from rtdmd.utils.config import load_config
 from rtdmd.utils.setup_env import register_all_modules
 
+PIPELINE_KEYS = ('stages', 'evaluation')
+# Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
+SHARED_KEYS = ('world', 'reward', 'backbone')
 
 
 def build_runner(cfg: Config) -> Runner:
@@ -19,18 +33,95 @@ def build_runner(cfg: Config) -> Runner:
     return Runner.from_cfg(cfg)
 
 
-def run_training(cfg: Config) -> Runner:
-    runner = build_runner(cfg)
-    runner.train()
-    return runner
+def run_training(cfg: Config, cli_options: dict | None = None) -> Runner | None:
+    """Train ``cfg``: a single Runner, or every stage and then the evaluation.
+
+    ``cli_options`` are the command line's ``--cfg-options``: they reach every stage that uses
+    the pipeline's own file, and their world / reward / backbone keys reach every stage.
+    """
+    if not cfg.get('stages'):
+        runner = build_runner(cfg)
+        runner.train()
+        return runner
+    for stage in cfg.stages:
+        run_stage(cfg, stage, cli_options)
+    if cfg.get('evaluation'):
+        run_evaluation(cfg, cli_options)
+    return None
 
 
-def run_test(cfg: Config, checkpoint: str | None) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` (or the config's ``load_from``); writes ``metrics.json``."""
+def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None) -> Config:
+    """The resolved config of one stage: its own file (or the pipeline's) plus its options."""
+    unknown = set(stage) - {'name', 'config', 'init_from', 'cfg_options'}
+    if unknown or 'name' not in stage:
+        raise ValueError(f'stages entries are dict(name, config=None, init_from=None, '
+                         f'cfg_options=None); got keys {sorted(stage)}')
+    own_file = not stage.get('config')
+    path = cfg.filename if own_file else osp.normpath(
+        osp.join(osp.dirname(cfg.filename), stage['config']))
+    options = {k: v for k, v in (cli_options or {}).items()
+               if own_file or k.split('.')[0] in SHARED_KEYS}
+    options.update(stage.get('cfg_options') or {})
+    if stage.get('init_from'):
+        options['model.init_checkpoint'] = final_checkpoint(cfg, stage['init_from'])
+    sub = load_config(path, options)
+    for key in PIPELINE_KEYS:
+        sub.pop(key, None)
+    sub.work_dir = osp.join(cfg.work_dir, stage['name'])
+    sub.launcher = cfg.get('launcher', 'none')
+    stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S_%f')
+    sub.experiment_name = f"{stage['name']}_{stamp}"
+    return sub
+
+
+def latest_checkpoint(work_dir: str) -> str:
+    """The checkpoint named in ``<work_dir>/last_checkpoint`` (clear error if there is none)."""
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'no checkpoint in {work_dir}: train that stage first '
+                                f'(stages run in order)')
+    with open(path) as f:
+        return f.read().strip()
+
+
+def final_checkpoint(cfg: Config, name: str) -> str:
+    return latest_checkpoint(osp.join(cfg.work_dir, name))
+
+
+def run_stage(cfg: Config, stage: dict, cli_options: dict | None = None) -> None:
+    sub = stage_config(cfg, stage, cli_options)
+    max_iters = sub.train_cfg.max_iters
+    if osp.isfile(osp.join(sub.work_dir, 'last_checkpoint')):
+        done = final_checkpoint(cfg, stage['name']).endswith(f'iter_{max_iters}.pth')
+        if done:
+            print_log(f"stage {stage['name']}: finished earlier, skipped", logger='current')
+            return
+        sub.resume = True  # an interrupted stage continues from its last checkpoint
+    print_log(f"stage {stage['name']}: training in {sub.work_dir}", logger='current')
+    build_runner(sub).train()
+
+
+def run_evaluation(cfg: Config, cli_options: dict | None = None) -> dict[str, Any]:
+    """Evaluate every model of ``cfg.evaluation`` from its stage's final checkpoint."""
+    from rtdmd.evaluation.stage_evaluation import evaluate_stages
+    stages = {s['name']: s for s in cfg.stages}
+    return evaluate_stages(cfg, lambda name: stage_config(cfg, stages[name], cli_options),
+                           list(stages))
+
+
+def run_test(cfg: Config, checkpoint: str | None, cli_options: dict | None = None
+             ) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (or the config's ``load_from``); writes ``metrics.json``.
+
+    For a pipeline config (``stages``), evaluates the trained stages side by side instead.
+    """
+    if cfg.get('stages'):
+        return run_evaluation(cfg, cli_options)
     if checkpoint is not None:
         cfg.load_from = checkpoint
     runner = build_runner(cfg)
     metrics = runner.test()
+    os.makedirs(cfg.work_dir, exist_ok=True)
     path = osp.join(cfg.work_dir, 'metrics.json')
     with open(path, 'w') as f:
         json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2, sort_keys=True)

@@ -18,6 +18,7 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     import rtdmd.engine  # noqa: F401
     import rtdmd.evaluation  # noqa: F401
     import rtdmd.models  # noqa: F401
+    import rtdmd.rewards  # noqa: F401
 
     if init_default_scope:
         current = DefaultScope.get_current_instance()

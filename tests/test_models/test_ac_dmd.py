@@ -89,13 +89,12 @@ def test_random_stop_covers_every_step_count(tiny_backbone_cfg: dict) -> None:
     model = _distiller(tiny_backbone_cfg)
     stops = {model.draw_stop(model.streams(i, 'g')[0]) for i in range(200)}
     assert stops == {1, 2, 3, 4}
-    model.random_stop = False
-    assert model.draw_stop(model.streams(0, 'g')[0]) == 4
+    assert model.draw_stop(model.streams(0, 'g')[0], random_stop=False) == 4
 
 
 def test_guidance_range_is_drawn_inside_its_bounds(tiny_backbone_cfg: dict) -> None:
     model = _distiller(tiny_backbone_cfg, teacher_guidance=(2.0, 4.0))
-    draws = [model.draw_guidance(model.streams(i, 'g')[0]) for i in range(100)]
+    draws = [model.matching.draw_guidance(model.streams(i, 'g')[0]) for i in range(100)]
     assert 2.0 <= min(draws) < 2.3 and 3.7 < max(draws) <= 4.0
 
 

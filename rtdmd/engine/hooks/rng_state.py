@@ -18,8 +18,8 @@ class RNGStateHook(Hook):
 
     rtdmd's own draws come from counter-based streams (:mod:`rtdmd.utils.rng`) and need no
     state; this covers anything else that uses the global generators (data augmentation,
-    third-party code). The states are the saving rank's; on resume every rank restores them
-    and then re-offsets by its rank so that ranks keep distinct streams.
+    third-party code). Checkpoints are written by rank 0, so rank 0 restores its states on
+    resume; other ranks keep the seeds they were started with.
     """
 
     priority = 'VERY_LOW'

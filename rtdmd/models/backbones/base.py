@@ -93,6 +93,10 @@ class Backbone(nn.Module):
         v_uncond = self._velocity(net, role, x, sigma, self.null_condition(cond)).float()
         return cfg_combine(v_uncond, v_cond, guidance_scale)
 
+    def load_role_state(self, role: str, state: dict[str, Tensor]) -> None:
+        """Load a previous stage's weights of ``role`` (strict: every key must match)."""
+        getattr(self, role).load_state_dict(state, strict=True)
+
     def freeze_teacher(self) -> None:
         self.teacher.requires_grad_(False)
         self.teacher.eval()

@@ -1,4 +1,7 @@
 from .ac_dmd import ACDMDDistiller
-from .base import DistillerBase
+from .base import DistillerBase, load_stage_checkpoint
+from .matching import SubIntervalMatching
+from .rtdmd import RTDMDDistiller
 
-__all__ = ['ACDMDDistiller', 'DistillerBase']
+__all__ = ['ACDMDDistiller', 'DistillerBase', 'RTDMDDistiller', 'SubIntervalMatching',
+           'load_stage_checkpoint']

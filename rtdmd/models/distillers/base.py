@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from mmengine.dist import get_rank
+from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor
@@ -14,6 +15,7 @@ from torch import Tensor
 from rtdmd.models.backbones.base import Backbone, Condition
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS, SAMPLERS
+from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from rtdmd.utils.rng import stream, stream_seed
 
 
@@ -40,6 +42,13 @@ class DistillerBase(BaseModel):
         device = self.iteration.device
         return (stream(self.seed, step, tag, 'shared', device=device),
                 stream(self.seed, step, tag, 'local', get_rank(), device=device))
+
+    def draw_stop(self, shared: torch.Generator, random_stop: bool = True) -> int:
+        """Number of executed steps: uniform in ``1..S`` (one draw for the whole batch)."""
+        if not random_stop:
+            return self.sampler.num_steps
+        return int(torch.randint(1, self.sampler.num_steps + 1, (1,), generator=shared,
+                                 device=shared.device))
 
     def initial_noise(self, cond: Condition, generator: torch.Generator) -> Tensor:
         batch = _batch_size(cond)
@@ -75,7 +84,7 @@ class DistillerBase(BaseModel):
         index = data.get('index')
         seed_key = int(index[0]) if index is not None else 0
         samples = self.generate(prompts, seed=stream_seed(self.eval_seed, seed_key))
-        return [dict(sample=samples[i].cpu(), prompt=_item(prompts, i))
+        return [dict(sample=samples[i].cpu(), prompt=item(prompts, i))
                 for i in range(samples.shape[0])]
 
     def test_step(self, data: dict | Sequence) -> list[dict[str, Any]]:
@@ -95,5 +104,27 @@ def _batch_size(cond: Condition) -> int:
     raise ValueError('cannot infer the batch size of an empty condition')
 
 
-def _item(prompts: Sequence[Any] | Tensor, i: int) -> Any:
+def item(prompts: Sequence[Any] | Tensor, i: int) -> Any:
     return prompts[i].item() if isinstance(prompts, Tensor) else prompts[i]
+
+
+def load_stage_checkpoint(backbone: Backbone, path: str, use_ema: bool = True) -> None:
+    """Start the trainable roles from a previous stage's checkpoint.
+
+    The generator takes the EMA weights (``ema_state``) when present and ``use_ema``, as the
+    release starts stage 2 from the cold start's ``generator_ema``; the fake score takes its
+    trained weights. The backbone decides how (``Backbone.load_role_state``: plain weights for
+    the toy, merging LoRA for the real families).
+    """
+    apply_mmengine_patches()  # the project's own checkpoints need weights_only=False
+    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    state = checkpoint.get('state_dict', checkpoint)
+    for role in ('generator', 'fake_score'):
+        prefix = f'backbone.{role}.'
+        role_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if role == 'generator' and use_ema and checkpoint.get('ema_state'):
+            role_state.update(checkpoint['ema_state'])
+        if not role_state:
+            raise KeyError(f'{path} holds no weights of backbone.{role}: is it a checkpoint of '
+                           f'an rtdmd distiller?')
+        backbone.load_role_state(role, role_state)

@@ -1,3 +1,4 @@
 from .distribution_matching import AmbientDSMLoss, ConsistencyLoss, DMDLoss
+from .policy import ClippedRatioLoss, RewardHingeLoss
 
-__all__ = ['AmbientDSMLoss', 'ConsistencyLoss', 'DMDLoss']
+__all__ = ['AmbientDSMLoss', 'ClippedRatioLoss', 'ConsistencyLoss', 'DMDLoss', 'RewardHingeLoss']

@@ -1,0 +1,30 @@
+# Stage 2, RTDMD: distribution matching + hybrid policy gradient (ALGORITHM.md section 4, 6.3).
+# `reward` is the fixed interface of the rewarded world; the distiller names it in `rewards`.
+model = dict(
+    type='RTDMDDistiller',
+    backbone='${backbone}',
+    sampler=dict(type='CPSSampler', step_list=[1000, 750, 500, 250], eta=0.9),
+    rewards=dict(main=dict(scorer='${reward}', weight=1.0)),
+    group_size=16,
+    policy_loss=dict(type='ClippedRatioLoss', clip_low=1e-5, clip_high=1e-5),
+    reward_bp_loss=dict(type='RewardHingeLoss', margin=3.0, loss_weight=1e-4),
+    dmd_loss=dict(type='DMDLoss', normalize=True, loss_weight=1e-3),
+    dm_layout='final_step',
+    fake_loss=dict(type='AmbientDSMLoss', move_scale_out=True, max_weight=10.0),
+    consistency_loss=dict(type='ConsistencyLoss', loss_weight=0.01),
+    teacher_guidance=1.0,
+    subgrpo=dict(range_start=0, range_end=2, num_train_steps=2),
+    advantage_clip=5.0,
+)
+optim_wrapper = dict(
+    constructor='DistillerOptimWrapperConstructor',
+    generator=dict(type='OptimWrapper', clip_grad=dict(max_norm=1.0),
+                   optimizer=dict(type='AdamW', lr=3e-6, betas=(0.9, 0.999), weight_decay=1e-4)),
+    fake_score=dict(type='OptimWrapper', clip_grad=dict(max_norm=1.0),
+                    optimizer=dict(type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.0)),
+)
+# mmengine looks wrappers up in its root registry, hence the scope prefix.
+model_wrapper_cfg = dict(type='rtdmd.DistillerDataParallel', find_unused_parameters=True)
+# Parameter-level EMA with warm-up decay min((1 + s) / (10 + s), 0.9), every 8 steps.
+custom_hooks = [dict(type='TrainableEMAHook', role='generator', decay=0.9, interval=8,
+                     warmup=True)]

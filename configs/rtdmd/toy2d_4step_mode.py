@@ -1,0 +1,11 @@
+# The non-differentiable mode reward: RTDMD (DM + GRPO, no back-propagation) vs GRPO-only.
+_base_ = ['./toy2d_4step.py']
+reward = dict(_delete_=True, type='ModeReward', values=[0.2, 0.9, 0.5, 0.1, 0.7, 0.3, 1.0, 0.4],
+              means='${world.means}')
+model = dict(reward_bp_loss=None)
+_no_dm = {'model.dmd_loss': None, 'model.fake_loss': None, 'model.consistency_loss': None}
+stages = [
+    dict(name='ac_dmd', config='../ac_dmd/toy2d_4step.py'),
+    dict(name='rtdmd', init_from='ac_dmd'),
+    dict(name='grpo_only', init_from='ac_dmd', cfg_options=_no_dm),
+]

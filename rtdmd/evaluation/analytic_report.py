@@ -1,0 +1,349 @@
+"""Evaluation of several models against the analytic world's exact truth (``tools/test.py``).
+
+Per model and class (``N`` samples), averaged over classes:
+
+- ``sw2_teacher``: sliced W2 (fixed projections) to ``N`` exact teacher samples, averaged over
+  ``reference_draws`` reference sets; ``sw2_floor``: the same between two exact sample sets of
+  size ``N`` (what a perfect model scores);
+- ``mode_tv_teacher``: total variation between the sample mode weights (histogram of the argmax
+  teacher posterior at ``sigma = 0``) and the teacher's class weights;
+- ``off_support``: fraction of samples whose teacher log-density is below the 0.1% quantile of
+  the log-density of exact teacher samples (``(reference_draws + 1) N`` of them);
+- with a reward: ``mean_reward``; ``sw2_target`` (to the exact tilted target at the configured
+  ``beta``); ``beta_hat`` (the best-fitting member of the exact tilted family, searched on
+  ``[0, beta_grid_max]`` with common random numbers), ``beta_hat_at_bound``, ``sw2_family``
+  (SW2 at ``beta_hat`` to fresh reference sets, so the argmin does not bias it low),
+  ``mean_reward_target`` (exact mean reward at ``beta_hat``) and ``mode_tv_target`` (TV to the
+  mode weights of exact samples at ``beta_hat``, same assignment rule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
+
+from .sliced_wasserstein import fixed_projections
+from .tilted import TiltedSampler, exact_mean_reward, sample_tilted, tilted_mixture
+
+COLUMNS = ('sw2_teacher', 'sw2_floor', 'mode_tv_teacher', 'off_support', 'mean_reward',
+           'sw2_target', 'beta_hat', 'beta_hat_at_bound', 'sw2_family', 'mean_reward_target',
+           'mode_tv_target')
+GRID_SIZE = 16          # geometric grid points in [beta_max / 1000, beta_max], plus beta = 0
+GRID_RANGE = 1e-3
+GOLDEN_ITERS = 10       # shrinks the bracket (two grid cells, ~0.95 beta) by 0.618^10 ~ 0.008
+SEARCH_DRAWS = 2        # common-random-number reference sets per class in the beta search
+OFF_SUPPORT_QUANTILE = 1e-3
+MEAN_REWARD_N = 65_536  # exact samples for the target's mean reward without a closed form
+
+
+def _sorted_proj(x: Tensor, projections: Tensor) -> np.ndarray:
+    """``(L, N)`` projections sorted per direction (numpy sorts rows ~3x faster than torch)."""
+    theta, x = projections.double().numpy(), x.double().numpy()
+    if x.shape[1] > 8:
+        return np.sort(theta @ x.T, axis=1)
+    proj = theta[:, :1] * x[:, 0]  # small d: broadcasting beats a matmul with inner size d
+    for j in range(1, x.shape[1]):
+        proj += theta[:, j:j + 1] * x[:, j]
+    return np.sort(proj, axis=1)
+
+
+def _sw2(px: np.ndarray, py: np.ndarray) -> float:
+    """SW2 between two sets already projected and sorted (as ``sliced_wasserstein2``)."""
+    return float(np.sqrt(np.mean((px - py) ** 2)))
+
+
+def mode_weights(teacher: GaussianMixtureTeacher, x: Tensor, class_id: int) -> Tensor:
+    """Histogram of the argmax teacher posterior at ``sigma = 0`` over the K components."""
+    cls = torch.full((x.shape[0],), class_id, dtype=torch.long)
+    resp, _, _ = teacher.posterior(x, torch.zeros(x.shape[0]), cls)
+    return torch.bincount(resp.argmax(1), minlength=resp.shape[1]).double() / x.shape[0]
+
+
+def _tv(p: Tensor, q: Tensor) -> float:
+    return float(0.5 * (p.double() - q.double()).abs().sum())
+
+
+def beta_grid(beta_max: float) -> list[float]:
+    """``0`` and a geometric grid on ``[beta_max / 1000, beta_max]``."""
+    return [0.0] + np.geomspace(beta_max * GRID_RANGE, beta_max, GRID_SIZE).tolist()
+
+
+def fit_beta(objective: Callable[[float], float], beta_max: float,
+             grid_values: list[float] | None = None) -> tuple[float, float]:
+    """Minimise ``objective`` on ``[0, beta_max]``: ``beta_grid``, then golden section.
+
+    Args:
+        objective: the function of ``beta`` to minimise.
+        beta_max: the search bound.
+        grid_values: ``objective`` on ``beta_grid(beta_max)`` if already computed.
+
+    Returns:
+        ``(beta_hat, objective(beta_hat))``.
+    """
+    grid = beta_grid(beta_max)
+    values = grid_values if grid_values is not None else [objective(b) for b in grid]
+    i = int(np.argmin(values))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    best_b, best_v = grid[i], values[i]
+    inv_phi = (math.sqrt(5) - 1) / 2
+    a, b = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
+    fa, fb = objective(a), objective(b)
+    for _ in range(GOLDEN_ITERS):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - inv_phi * (hi - lo)
+            fa = objective(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + inv_phi * (hi - lo)
+            fb = objective(b)
+    for cand, val in ((a, fa), (b, fb)):
+        if val < best_v:
+            best_b, best_v = cand, val
+    return float(best_b), float(best_v)
+
+
+class _References:
+    """Exact reference sets per ``(class, N)``, shared by all models and cached.
+
+    Seeds follow ``GaussianMixtureMetric`` for the teacher references (``seed + 1000 c``).
+    """
+
+    def __init__(self, teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
+                 projections: Tensor, draws: int, seed: int, beta: float | None,
+                 beta_max: float) -> None:
+        self.teacher, self.reward, self.projections = teacher, reward, projections
+        self.draws, self.seed, self.beta, self.beta_max = draws, seed, beta, beta_max
+        self._cache: dict[tuple, object] = {}
+
+    def _cached(self, key: tuple, build: Callable[[], object]) -> object:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def _gen(self, c: int, offset: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + 1000 * c + offset)
+
+    def teacher_sets(self, c: int, n: int) -> tuple[list[np.ndarray], Tensor]:
+        """``draws + 1`` sorted projected teacher sets and the pooled log-density threshold."""
+        def build() -> tuple[list[np.ndarray], Tensor]:
+            gen, cls = self._gen(c, 0), torch.full((n,), c, dtype=torch.long)
+            sets = [self.teacher.sample(cls, gen) for _ in range(self.draws + 1)]
+            pooled = torch.cat(sets)
+            log_p = self.teacher.log_prob(pooled, 0.0, torch.full((pooled.shape[0],), c))
+            return ([_sorted_proj(s, self.projections) for s in sets],
+                    torch.quantile(log_p, OFF_SUPPORT_QUANTILE))
+        return self._cached(('teacher', c, n), build)
+
+    def target_sets(self, c: int, n: int) -> list[np.ndarray]:
+        """Sorted projected exact sets of the tilted target at the configured ``beta``."""
+        def build() -> list[np.ndarray]:
+            gen, cls = self._gen(c, 100), torch.full((n,), c, dtype=torch.long)
+            return [_sorted_proj(sample_tilted(self.teacher, self.reward, self.beta, cls, gen),
+                                 self.projections) for _ in range(self.draws)]
+        return self._cached(('target', c, n), build)
+
+    def search_samplers(self, c: int, n: int) -> list[TiltedSampler]:
+        """Common-random-number samplers of the tilted family for the ``beta`` search."""
+        return self._cached(('search', c, n), lambda: [
+            TiltedSampler(self.teacher, self.reward, c, n, self.beta_max, self._gen(c, 200 + j))
+            for j in range(SEARCH_DRAWS)])
+
+    def family_samples(self, c: int, n: int, beta: float) -> list[Tensor]:
+        """Fresh exact sets at ``beta`` (independent of the search's random numbers)."""
+        gen, cls = self._gen(c, 300), torch.full((n,), c, dtype=torch.long)
+        return [sample_tilted(self.teacher, self.reward, beta, cls, gen).double()
+                for _ in range(self.draws)]
+
+
+def _teacher_metrics(refs: _References, x: Tensor, px: np.ndarray, c: int) -> dict[str, float]:
+    """Metrics of one class's samples ``x`` (sorted projections ``px``) against the teacher."""
+    n, teacher = x.shape[0], refs.teacher
+    sets, threshold = refs.teacher_sets(c, n)
+    log_p = teacher.log_prob(x, 0.0, torch.full((n,), c, dtype=torch.long))
+    out = dict(sw2_teacher=float(np.mean([_sw2(px, s) for s in sets[1:]])),
+               sw2_floor=float(np.mean([_sw2(sets[0], s) for s in sets[1:]])),
+               mode_tv_teacher=_tv(mode_weights(teacher, x, c), teacher.weights[c]),
+               off_support=float((~(log_p >= threshold)).double().mean()))  # NaN counts as off
+    if refs.reward is not None:
+        with torch.no_grad():
+            out['mean_reward'] = float(refs.reward(x.float()).double().mean())
+        if refs.beta is not None:
+            out['sw2_target'] = float(np.mean([_sw2(px, s) for s in refs.target_sets(c, n)]))
+    return out
+
+
+Projected = dict[str, dict[int, np.ndarray]]  # model -> class -> sorted projections (L, N)
+
+
+def _family_objective(refs: _References, sorted_x: dict[int, np.ndarray]
+                      ) -> Callable[[float], float]:
+    """``beta -> mean over classes and search draws of SW2(samples, exact tilted samples)``."""
+    samplers = {c: refs.search_samplers(c, px.shape[1]) for c, px in sorted_x.items()}
+
+    def objective(beta: float) -> float:
+        return float(np.mean([np.mean([_sw2(px, _sorted_proj(s.sample(beta), refs.projections))
+                                       for s in samplers[c]]) for c, px in sorted_x.items()]))
+    return objective
+
+
+def _grid_values(refs: _References, projected: Projected) -> dict[str, list[float]]:
+    """The family objective of every model on ``beta_grid``; each reference sorted once."""
+    grid = beta_grid(refs.beta_max)
+    acc = {name: np.zeros(len(grid)) for name in projected}
+    keys = {(c, px.shape[1]) for per_class in projected.values() for c, px in per_class.items()}
+    for c, n in sorted(keys):
+        users = [m for m, pc in projected.items() if c in pc and pc[c].shape[1] == n]
+        samplers = refs.search_samplers(c, n)
+        for i, beta in enumerate(grid):
+            for sampler in samplers:
+                ref = _sorted_proj(sampler.sample(beta), refs.projections)
+                for m in users:
+                    acc[m][i] += _sw2(projected[m][c], ref) / (len(samplers) * len(projected[m]))
+    return {m: v.tolist() for m, v in acc.items()}
+
+
+def _family_metrics(refs: _References, per_class: dict[int, Tensor],
+                    sorted_x: dict[int, np.ndarray], grid_values: list[float]
+                    ) -> dict[str, float]:
+    """``beta_hat`` shared by all classes of a model, and the metrics at it."""
+    beta_hat, _ = fit_beta(_family_objective(refs, sorted_x), refs.beta_max, grid_values)
+    sw2, reward_t, tv = [], [], []
+    for c, x in per_class.items():
+        fresh = refs.family_samples(c, x.shape[0], beta_hat)
+        sw2.append(np.mean([_sw2(sorted_x[c], _sorted_proj(f, refs.projections))
+                            for f in fresh]))
+        reward_t.append(exact_mean_reward(refs.teacher, refs.reward, beta_hat, c,
+                                          n=MEAN_REWARD_N, generator=refs._gen(c, 400)))
+        tv.append(_tv(mode_weights(refs.teacher, x, c),
+                      mode_weights(refs.teacher, torch.cat(fresh), c)))
+    return dict(beta_hat=beta_hat,
+                beta_hat_at_bound=float(beta_hat >= 0.99 * refs.beta_max),
+                sw2_family=float(np.mean(sw2)), mean_reward_target=float(np.mean(reward_t)),
+                mode_tv_target=float(np.mean(tv)))
+
+
+def evaluate_models(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
+                    samples: dict[str, tuple[Tensor, Tensor]], *, beta: float | None,
+                    beta_grid_max: float, num_projections: int = 256, reference_draws: int = 5,
+                    seed: int = 0, out_dir: str | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of every model against exact truth; optionally writes the report files.
+
+    Args:
+        teacher: the exact teacher (CPU).
+        reward: the stage-2 reward, or ``None`` (then only the teacher metrics).
+        samples: ``{model: (x (N, d), c (N,))}``; include ``'teacher'`` (exact samples) to get
+            its row and files too.
+        beta: the configured tilt (``sw2_target``), or ``None``.
+        beta_grid_max: upper bound of the ``beta_hat`` search.
+        num_projections: fixed projection directions (``fixed_projections(d, ., seed)``).
+        reference_draws: fresh exact reference sets per class, SW2 averaged over them.
+        seed: seeds projections and every reference set (shared by all models).
+        out_dir: if given, writes ``<model>/samples.npz``, ``metrics.json``, ``table.md`` and
+            ``samples.png`` there.
+
+    Returns:
+        ``{model: {metric: value}}`` (the metrics of the module docstring, averaged over classes).
+    """
+    if reward is not None and not beta_grid_max > 0:
+        raise ValueError(f'beta_grid_max must be > 0 with a reward, got {beta_grid_max}')
+    with _single_thread():
+        metrics = _evaluate(teacher, reward, samples, beta, beta_grid_max, num_projections,
+                            reference_draws, seed)
+    if out_dir is not None:
+        settings = dict(n_per_class={name: {str(int(k)): int((c == k).sum())
+                                            for k in torch.unique(c).tolist()}
+                                     for name, (_, c) in samples.items()},
+                        num_projections=num_projections, reference_draws=reference_draws,
+                        search_draws=SEARCH_DRAWS, beta=beta, beta_grid_max=beta_grid_max,
+                        seed=seed, reward=None if reward is None else type(reward).__name__)
+        write_report(out_dir, teacher, reward, beta, samples, metrics, settings)
+    return metrics
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """One torch thread: the work is numpy sorts and many tiny torch ops, for which intra-op
+    threads only add wake-up latency (milliseconds per op on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
+              samples: dict[str, tuple[Tensor, Tensor]], beta: float | None,
+              beta_grid_max: float, num_projections: int, reference_draws: int, seed: int
+              ) -> dict[str, dict[str, float]]:
+    """The metrics of ``evaluate_models`` (no files)."""
+    projections = fixed_projections(teacher.dim, num_projections, seed)
+    refs = _References(teacher, reward, projections, reference_draws, seed, beta, beta_grid_max)
+    split = {name: _split(x, c) for name, (x, c) in samples.items()}
+    projected = {name: {k: _sorted_proj(xk, projections) for k, xk in pc.items()}
+                 for name, pc in split.items()}
+    metrics: dict[str, dict[str, float]] = {}
+    for name, per_class in split.items():
+        rows = [_teacher_metrics(refs, xk, projected[name][k], k) for k, xk in per_class.items()]
+        metrics[name] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    if reward is not None:
+        grid_values = _grid_values(refs, projected)
+        for name, per_class in split.items():
+            metrics[name].update(_family_metrics(refs, per_class, projected[name],
+                                                 grid_values[name]))
+    return metrics
+
+
+def _split(x: Tensor, c: Tensor) -> dict[int, Tensor]:
+    """``{class: samples}`` on CPU in float32."""
+    x, c = x.detach().float().cpu(), c.detach().long().cpu()
+    if x.ndim != 2 or c.shape != (x.shape[0],):
+        raise ValueError(f'samples must be x (N, d) and c (N,), got {tuple(x.shape)} and '
+                         f'{tuple(c.shape)}')
+    return {int(k): x[c == k] for k in torch.unique(c).tolist()}
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+    """Markdown table, one row per model (``_``-prefixed entries skipped), 3 decimals."""
+    models = [m for m in metrics if not m.startswith('_')]
+    present = {k for m in models for k in metrics[m]}
+    cols = [k for k in COLUMNS if k in present] + sorted(present - set(COLUMNS))
+    lines = ['| model | ' + ' | '.join(cols) + ' |', '|---' * (len(cols) + 1) + '|']
+    for m in models:
+        cells = [f'{metrics[m][k]:.3f}' if k in metrics[m] else '-' for k in cols]
+        lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def write_report(out_dir: str, teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
+                 beta: float | None, samples: dict[str, tuple[Tensor, Tensor]],
+                 metrics: dict[str, dict[str, float]], settings: dict) -> None:
+    """``<model>/samples.npz`` (x float32 (N, d), c int64 (N,)), metrics.json, table.md, PNG."""
+    from .plots import plot_samples  # matplotlib only when writing files
+
+    os.makedirs(out_dir, exist_ok=True)
+    for name, (x, c) in samples.items():
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+        np.savez(os.path.join(out_dir, name, 'samples.npz'),
+                 x=x.detach().cpu().numpy().astype(np.float32),
+                 c=c.detach().cpu().numpy().astype(np.int64))
+    with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+        json.dump({**metrics, '_settings': settings}, f, indent=2)
+    with open(os.path.join(out_dir, 'table.md'), 'w') as f:
+        f.write(format_table(metrics) + '\n')
+    target, title = teacher, 'contours: teacher'
+    if reward is not None and beta is not None:
+        tilted = tilted_mixture(teacher, reward, beta)  # None without a closed form: teacher
+        if tilted is not None:
+            target, title = tilted, f'contours: teacher tilted at beta={beta:g}'
+    plot_samples(samples, target, os.path.join(out_dir, 'samples.png'), title=title)

@@ -1,0 +1,75 @@
+"""Sample every model of a pipeline from its final checkpoint and compare them."""
+
+from __future__ import annotations
+
+import os.path as osp
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from rtdmd.engine.pipeline import latest_checkpoint
+from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
+from rtdmd.registry import MODELS, REWARDS
+from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+
+from .analytic_report import evaluate_models, format_table
+
+EVALUATION_DEFAULTS = dict(models=None, samples_per_class=4096, num_projections=256,
+                           reference_draws=5, beta=None, beta_grid_max=2.0, seed=0)
+
+
+def load_generator(stage_cfg: Config, checkpoint: str) -> torch.nn.Module:
+    """The stage's distiller with its checkpoint loaded and the EMA generator swapped in."""
+    apply_mmengine_patches()
+    stage_cfg.model.pop('init_checkpoint', None)  # the checkpoint below holds everything
+    model = MODELS.build(stage_cfg.model)
+    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    model.load_state_dict(ckpt['state_dict'])
+    if ckpt.get('ema_state'):
+        model.backbone.generator.load_state_dict(ckpt['ema_state'], strict=False)
+    return model.eval()
+
+
+def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
+                    stages: list[str]) -> dict[str, Any]:
+    """Evaluate ``cfg.evaluation.models`` (``'teacher'`` or stage names) side by side.
+
+    ``stage_config(name)`` gives a stage's resolved config; its final checkpoint is read from
+    the stage's work dir.
+    """
+    settings = dict(EVALUATION_DEFAULTS)
+    unknown = set(cfg.evaluation) - set(settings)
+    if unknown:
+        raise ValueError(f'evaluation got unknown keys {sorted(unknown)}; '
+                         f'valid: {sorted(settings)}')
+    settings.update(cfg.evaluation)
+    names = settings['models'] or ['teacher', *stages]
+    teacher = GaussianMixtureTeacher.from_world(cfg.world.to_dict())
+    reward = REWARDS.build(cfg.reward) if cfg.get('reward') else None
+    n = settings['samples_per_class']
+    classes = torch.arange(teacher.num_classes).repeat_interleave(n)
+    samples = {}
+    for name in names:
+        if name == 'teacher':
+            gen = torch.Generator().manual_seed(settings['seed'] + 7)
+            samples[name] = (teacher.sample(classes, gen), classes)
+            continue
+        if name not in stages:
+            raise KeyError(f'evaluation.models names {name!r}, which is neither teacher nor a '
+                           f'stage ({sorted(stages)})')
+        sub = stage_config(name)
+        model = load_generator(sub, latest_checkpoint(sub.work_dir))
+        samples[name] = (model.generate(classes, seed=settings['seed']), classes)
+        print_log(f'evaluation: sampled {name}', logger='current')
+    out_dir = osp.join(cfg.work_dir, 'eval')
+    metrics = evaluate_models(
+        teacher, reward, samples, beta=settings['beta'],
+        beta_grid_max=settings['beta_grid_max'], num_projections=settings['num_projections'],
+        reference_draws=settings['reference_draws'], seed=settings['seed'], out_dir=out_dir)
+    print_log('\n' + format_table(metrics), logger='current')
+    print_log(f'evaluation written to {out_dir}', logger='current')
+    return metrics

@@ -1,0 +1,28 @@
+"""The reward-scorer interface shared by the toy rewards and the image reward models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class RewardScorer(nn.Module):
+    """``scorer(samples, prompts, metadata=None) -> (B,)`` rewards.
+
+    Attributes:
+        differentiable: whether gradients of the reward w.r.t. the samples are meaningful, i.e.
+            whether reward back-propagation may use it (the GRPO path may use any reward).
+        name: key under which the reward is logged.
+    """
+
+    differentiable: bool = False
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name or type(self).__name__
+
+    def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
+                metadata: Sequence[dict] | None = None) -> Tensor:
+        raise NotImplementedError

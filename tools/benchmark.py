@@ -1,0 +1,176 @@
+"""Time ``train_step`` and count the FLOPs of one generator forward for a config.
+
+    python tools/benchmark.py CONFIG [--iters N] [--warmup W] [--device cpu|cuda]
+                                     [--cfg-options k=v ...]
+
+The config is validated as by tools/train.py; model, optimizer wrappers and train dataloader are
+built without a Runner (nothing is written). Printed: seconds per ``train_step`` (mean and std
+after W warm-up iterations; the generator updates only every ``fake_update_ratio`` of them, so
+the mean mixes both kinds), samples/s, peak memory (CUDA ``max_memory_allocated``, else the max
+RSS of the process, build included), parameters per role, and the FLOPs of one generator forward
+at the config's batch size from fvcore (1 multiply-add = 1 flop) and from torch's
+``FlopCounterMode`` (1 multiply-add = 2 flops), with the ops fvcore skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os.path as osp
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from itertools import chain, repeat
+from typing import Any
+
+import torch
+from mmengine.config import DictAction
+from torch import Tensor, nn
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from rtdmd.models.backbones.base import ROLES, Backbone, Condition  # noqa: E402
+from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
+from rtdmd.utils.mmengine_compat import apply_mmengine_patches  # noqa: E402
+from rtdmd.utils.setup_env import register_all_modules  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Time and FLOPs of an rtdmd training step.')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--iters', type=int, default=20, help='timed iterations')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
+    parser.add_argument('--device', choices=['cpu', 'cuda'],
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    args = parser.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda but CUDA is not available')
+    if args.iters < 1 or args.warmup < 0:
+        parser.error('need --iters >= 1 and --warmup >= 0')
+    return args
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle of ``aten::scaled_dot_product_attention`` (fvcore counts none), in mult-adds.
+
+    ``Q K^T`` and ``P V`` take ``B H Lq Lk (D + Dv)`` multiply-adds: ``2 B H Lq Lk D`` for
+    ``Dv = D``, i.e. the usual ``4 B H Lq Lk D`` flops at 2 flops per multiply-add.
+    """
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return int(math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1]))
+
+
+class GeneratorForward(nn.Module):
+    """``backbone.predict_velocity('generator', x, sigma, cond)`` with tensor-only arguments."""
+
+    def __init__(self, backbone: Backbone, cond: Condition) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.keys = [k for k, v in cond.items() if isinstance(v, Tensor)]
+        self.tensors = [cond[k] for k in self.keys]
+        self.constants = {k: v for k, v in cond.items() if not isinstance(v, Tensor)}
+
+    def forward(self, x: Tensor, sigma: Tensor, *values: Tensor) -> Tensor:
+        cond = dict(self.constants, **dict(zip(self.keys, values, strict=True)))
+        return self.backbone.predict_velocity('generator', x, sigma, cond)
+
+
+def generator_flops(model: nn.Module, data: Any) -> tuple[int, int, dict[str, int]]:
+    """``(fvcore multiply-adds, FlopCounterMode flops, ops fvcore skipped)`` of one forward."""
+    from fvcore.nn import FlopCountAnalysis
+    from torch.utils.flop_counter import FlopCounterMode
+
+    prompts, device = model.data_preprocessor(data, False)['prompt'], model.iteration.device
+    wrapper = GeneratorForward(model.backbone, model.backbone.encode_prompts(prompts))
+    x = torch.randn((len(prompts), *model.backbone.latent_shape()), device=device)
+    inputs = (x, torch.ones(len(prompts), device=device), *wrapper.tensors)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(wrapper, inputs)
+        analysis.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        analysis.tracer_warnings('none')
+        with FlopCounterMode(display=False) as counter:
+            wrapper(*inputs)
+        return int(analysis.total()), int(counter.get_total_flops()), dict(
+            analysis.unsupported_ops())
+
+
+def time_train_steps(model: nn.Module, optim_wrapper: Any, batches: Iterator[Any], iters: int,
+                     warmup: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``iters`` ``train_step`` calls after ``warmup`` untimed ones."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    times = []
+    for i in range(warmup + iters):
+        data = next(batches)
+        sync()
+        start = time.perf_counter()
+        model.train_step(data, optim_wrapper)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(device: torch.device) -> tuple[str, float]:
+    """``(label, MiB)``: CUDA's peak allocation, or the process's max RSS (build included)."""
+    if device.type == 'cuda':
+        return 'peak memory (MiB, CUDA max allocated)', torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in KiB on Linux.
+    return ('peak memory (MiB, process max RSS)',
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    apply_mmengine_patches()
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+    except (ConfigError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
+    register_all_modules()
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.runner import Runner
+
+    from rtdmd.registry import MODELS
+
+    device = torch.device(args.device)
+    model = MODELS.build(cfg.model).to(device)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    loader = Runner.build_dataloader(cfg.train_dataloader,
+                                     seed=cfg.get('randomness', {}).get('seed'))
+    batches = chain.from_iterable(repeat(loader))  # a finite sampler restarts
+    first = next(batches)
+    batch_size = len(model.data_preprocessor(first, False)['prompt'])
+    times = time_train_steps(model, optim_wrapper, batches, args.iters, args.warmup, device)
+    memory = peak_memory(device)
+    model.eval()
+    fv_macs, torch_flops, skipped = generator_flops(model, first)
+    mean = statistics.fmean(times)
+    rows = [('train_step seconds (mean)', f'{mean:.6f}'),
+            ('train_step seconds (std)', f'{statistics.stdev(times) if len(times) > 1 else 0:.6f}'),
+            ('samples / s', f'{batch_size / mean:.1f}'), (memory[0], f'{memory[1]:.1f}')]
+    for role in ROLES:
+        params = list(getattr(model.backbone, role).parameters())
+        rows.append((f'params {role} (total / trainable)', f'{sum(p.numel() for p in params)} / '
+                     f'{sum(p.numel() for p in params if p.requires_grad)}'))
+    rows += [('generator forward flops, fvcore (1 mult-add = 1 flop)', str(fv_macs)),
+             ('generator forward flops, FlopCounterMode (1 mult-add = 2)', str(torch_flops)),
+             ('ops fvcore did not count',
+              ', '.join(f'{k} x{n}' for k, n in sorted(skipped.items())) or '-')]
+    width = max(len(name) for name, _ in rows)
+    print(f'benchmark of {args.config} on {device.type}: batch {batch_size}, '
+          f'{args.iters} iterations after {args.warmup} warm-up\n' + '-' * (width + 20))
+    for name, value in rows:
+        print(f'{name:<{width}}  {value}')
+
+
+if __name__ == '__main__':
+    main()
