@@ -13,6 +13,7 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+from rtdmd.engine.pipeline import check_stage_options, split_stage_options  # noqa: E402
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
 
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     apply_mmengine_patches()
     try:
-        cfg = load_config(args.config, args.cfg_options)
+        cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
+        check_stage_options(cfg, args.cfg_options)
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):

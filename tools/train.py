@@ -18,6 +18,7 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
+from rtdmd.engine.pipeline import check_stage_options, split_stage_options  # noqa: E402
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
 
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_cfg(args: argparse.Namespace):
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_mmengine_patches()
     try:
         cfg = build_cfg(args)
+        check_stage_options(cfg, args.cfg_options)
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     init_distributed(args.launcher)

@@ -1,11 +1,11 @@
-# Ablation grid on the analytic world (python tools/sweep.py configs/ablations/toy2d_gamma_subset.py):
+# Ablation grid on the analytic world: python tools/sweep.py configs/ablations/toy2d_gamma_subset.py
 # gamma, the consistency-regulariser weight of the fake score in both stages, against the SubGRPO
 # subset size (stochastic steps trained per RL iteration, out of steps 0..2).
 sweep = dict(
     config='./toy2d_rtdmd_pipeline.py',
     axes=dict(
         gamma=dict(values=[0.0, 0.01, 0.1],
-                   keys=['stages.0.cfg_options.model.consistency_loss.loss_weight',  # AC-DMD
+                   keys=['ac_dmd:model.consistency_loss.loss_weight',  # stage 1 only
                          'model.consistency_loss.loss_weight']),  # RTDMD (the pipeline's file)
         subset=dict(values=[1, 2, 3], keys=['model.subgrpo.num_train_steps'])),
     cfg_options={'evaluation.models': ['teacher', 'ac_dmd', 'rtdmd']},

@@ -9,9 +9,9 @@ _base_ = [
 reward = dict(type='LinearReward', direction=[0.5, 0.8660254])  # (cos 60deg, sin 60deg)
 # Toy-scale loss weights and rates (the release's 1e-3 / 1e-4 / 3e-6 are for LoRA on DiTs).
 model = dict(group_size=16, dm_layout='random_stop', dmd_loss=dict(loss_weight=3.0),
-             policy_loss=dict(loss_weight=0.6), reward_bp_loss=dict(loss_weight=0.06))
+             policy_loss=dict(loss_weight=1.0), reward_bp_loss=dict(loss_weight=0.1))
 optim_wrapper = dict(generator=dict(optimizer=dict(lr=3e-5, weight_decay=0.0)),
-                     fake_score=dict(optimizer=dict(lr=3e-4)))
+                     fake_score=dict(optimizer=dict(lr=1e-3)))
 train_dataloader = dict(batch_size=16)  # prompts per epoch (x group_size samples)
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=400))
 
@@ -29,5 +29,5 @@ stages = [
     dict(name='bp_only', init_from='ac_dmd', cfg_options={**_no_dm, 'model.policy_loss': None}),
 ]
 # N = 4096 samples per class, 256 fixed projections, SW2 averaged over 5 reference draws.
-evaluation = dict(samples_per_class=4096, num_projections=256, reference_draws=5, beta=0.1,
+evaluation = dict(samples_per_class=4096, num_projections=256, reference_draws=5, beta=0.2,
                   beta_grid_max=2.0)

@@ -9,3 +9,6 @@ stages = [
     dict(name='rtdmd', init_from='ac_dmd'),
     dict(name='grpo_only', init_from='ac_dmd', cfg_options=_no_dm),
 ]
+# A piecewise-constant reward tilts mode weights by exp(beta * value): a collapse onto the top
+# mode needs a large beta, so the family search reaches further.
+evaluation = dict(beta=1.0, beta_grid_max=20.0)

@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from rtdmd.utils.config import load_config
+from rtdmd.utils.config import ConfigError, load_config
 from rtdmd.utils.setup_env import register_all_modules
 
 PIPELINE_KEYS = ('stages', 'evaluation')
@@ -37,8 +37,10 @@ def run_training(cfg: Config, cli_options: dict | None = None) -> Runner | None:
     """Train ``cfg``: a single Runner, or every stage and then the evaluation.
 
     ``cli_options`` are the command line's ``--cfg-options``: they reach every stage that uses
-    the pipeline's own file, and their world / reward / backbone keys reach every stage.
+    the pipeline's own file, and their world / reward / backbone keys reach every stage;
+    ``NAME:key=value`` reaches stage NAME only and ``*:key=value`` every stage.
     """
+    check_stage_options(cfg, cli_options)
     if not cfg.get('stages'):
         runner = build_runner(cfg)
         runner.train()
@@ -59,9 +61,11 @@ def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None) -> C
     own_file = not stage.get('config')
     path = cfg.filename if own_file else osp.normpath(
         osp.join(osp.dirname(cfg.filename), stage['config']))
-    options = {k: v for k, v in (cli_options or {}).items()
-               if own_file or k.split('.')[0] in SHARED_KEYS}
-    options.update(stage.get('cfg_options') or {})
+    plain, scoped = split_stage_options(cli_options)
+    options = {k: v for k, v in plain.items() if own_file or k.split('.')[0] in SHARED_KEYS}
+    options.update(_dotted(stage.get('cfg_options') or {}))
+    options.update(scoped.get('*', {}))
+    options.update(scoped.get(stage['name'], {}))
     if stage.get('init_from'):
         options['model.init_checkpoint'] = final_checkpoint(cfg, stage['init_from'])
     sub = load_config(path, options)
@@ -72,6 +76,43 @@ def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None) -> C
     stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S_%f')
     sub.experiment_name = f"{stage['name']}_{stamp}"
     return sub
+
+
+def _dotted(options: dict, prefix: str = '') -> dict:
+    """Nested option dicts as dotted keys, so they merge beside dotted keys (mmengine would let
+    a nested ``model`` dict silently replace the ``model.*`` keys next to it)."""
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and value and '_delete_' not in value:
+            flat.update(_dotted(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def split_stage_options(options: dict | None) -> tuple[dict, dict[str, dict]]:
+    """Split ``--cfg-options`` into plain ones and ``{stage: options}`` for ``stage:key=value``."""
+    plain: dict = {}
+    scoped: dict[str, dict] = {}
+    for key, value in (options or {}).items():
+        if ':' in key:
+            stage, _, sub_key = key.partition(':')
+            scoped.setdefault(stage, {})[sub_key] = value
+        else:
+            plain[key] = value
+    return plain, scoped
+
+
+def check_stage_options(cfg: Config, cli_options: dict | None) -> None:
+    """``NAME:key=value`` options must name a stage of ``cfg`` (or ``*``)."""
+    _, scoped = split_stage_options(cli_options)
+    if scoped and not cfg.get('stages'):
+        raise ConfigError([f'stage-scoped options {sorted(scoped)} need a config with stages'])
+    names = [s['name'] for s in cfg.get('stages', [])]
+    unknown = set(scoped) - set(names) - {'*'}
+    if unknown:
+        raise ConfigError([f'--cfg-options names unknown stages {sorted(unknown)}; the stages '
+                           f'are {names} (or * for all)'])
 
 
 def latest_checkpoint(work_dir: str) -> str:

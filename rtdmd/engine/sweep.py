@@ -131,7 +131,7 @@ def _axis_errors(name: str, axis: Any) -> list[str]:
 
 
 def format_value(value: Any) -> str:
-    """``value`` as mmengine's ``DictAction`` reads it back (checked): ``[1,2]``, ``'a'``, ``None``.
+    """``value`` as mmengine's ``DictAction`` reads it back (checked): ``[1,2]``, ``"a"``, ``None``.
 
     Raises:
         SweepError: the value would not come back unchanged (a dict, a string with spaces or
@@ -141,7 +141,7 @@ def format_value(value: Any) -> str:
         brackets = '[]' if isinstance(value, list) else '()'
         text = brackets[0] + ','.join(format_value(v) for v in value) + brackets[1]
     elif isinstance(value, str):
-        text = f"'{value}'"
+        text = f'"{value}"'
     elif value is None or isinstance(value, (bool, int, float)):
         text = repr(value)
     else:
@@ -168,26 +168,29 @@ def format_options(options: dict) -> list[str]:
 
 def value_label(value: Any) -> str:
     """A value as it appears in a point's directory name and in the results table."""
-    return format_value(value).replace("'", '').replace('/', '_')
+    return format_value(value).replace('"', '').replace('/', '_')
 
 
 def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
     """One job per point; every point's config, and each of its stages', loads and validates."""
-    from rtdmd.engine.pipeline import stage_config
+    from rtdmd.engine.pipeline import check_stage_options, split_stage_options, stage_config
     from rtdmd.utils.config import load_config
 
     jobs, errors = [], []
     for point in sweep.points():
         options = {**common, **point.options}
         point_dir = osp.join(work_dir, point.name)
+        where = point.name
         try:
             format_options(options)
-            cfg = load_config(sweep.config, options)
+            cfg = load_config(sweep.config, split_stage_options(options)[0])
+            check_stage_options(cfg, options)
             cfg.work_dir = point_dir
             for stage in cfg.get('stages') or []:  # init_from needs the trained stage: left out
+                where = f"{point.name}, stage {stage.get('name')}"
                 stage_config(cfg, {k: v for k, v in stage.items() if k != 'init_from'}, options)
         except (ValueError, KeyError, TypeError, OSError) as err:  # ConfigError, SweepError, ...
-            errors.append(f'{point.name}: {err}')
+            errors.append(f'{where}: {err}')
             continue
         max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
         jobs.append(Job(point, point_dir, options, bool(cfg.get('stages')), max_iters))

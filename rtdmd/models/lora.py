@@ -1,0 +1,107 @@
+"""LoRA on diffusers transformers (peft): attach, stack, merge, save.
+
+Generator and fake score each carry a trainable adapter named ``'default'``. Stage 2 starts from
+stage 1's adapter: it is kept as a frozen adapter ``'stage1'`` under a fresh trainable
+``'default'`` one, which computes ``W + s1 B1 A1 + s2 B2 A2``, exactly what merging stage 1 into
+the base and adding a fresh LoRA computes, while the base weights stay shared and pristine (the
+teacher runs the fake score's base with adapters disabled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from peft import LoraConfig
+from torch import nn
+
+TRAINABLE = 'default'
+FROZEN_STAGE = 'stage1'
+
+
+def lora_config(rank: int, alpha: float, target_modules: Sequence[str],
+                init: str | bool = 'gaussian') -> LoraConfig:
+    """peft config of the release's LoRA (r 32, alpha 64, gaussian init: A ~ N(0, 1/r), B = 0)."""
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                      init_lora_weights=init, use_rslora=False)
+
+
+def attach_lora(model: nn.Module, config: LoraConfig, name: str = TRAINABLE) -> None:
+    """Add a LoRA adapter to a diffusers model; only LoRA weights stay trainable."""
+    model.requires_grad_(False)
+    model.add_adapter(config, adapter_name=name)
+    active = [name] + ([FROZEN_STAGE] if FROZEN_STAGE in getattr(model, 'peft_config', {})
+                       else [])
+    model.set_adapters(active) if len(active) > 1 else model.set_adapter(name)
+    for pname, param in model.named_parameters():
+        param.requires_grad_(f'.{name}.' in pname and 'lora_' in pname)
+
+
+def lora_state_dict(model: nn.Module, name: str = TRAINABLE) -> dict[str, torch.Tensor]:
+    """The adapter's weights with adapter-free keys (``...lora_A.weight``)."""
+    tag = f'.{name}.'
+    return {k.replace(tag, '.'): v.detach().clone() for k, v in model.state_dict().items()
+            if 'lora_' in k and tag in k}
+
+
+def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor],
+                    name: str = TRAINABLE) -> None:
+    """Load adapter-free LoRA keys into adapter ``name`` (strict on the LoRA keys)."""
+    own = {k.replace(f'.{name}.', '.'): k for k in model.state_dict()
+           if 'lora_' in k and f'.{name}.' in k}
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise KeyError(f'LoRA state does not fit adapter {name!r}: missing '
+                       f'{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}')
+    model.load_state_dict({own[k]: v for k, v in state.items()}, strict=False)
+
+
+def stack_under_fresh_lora(model: nn.Module, previous: dict[str, torch.Tensor],
+                           config: LoraConfig) -> None:
+    """Freeze ``previous`` (stage 1) as adapter ``'stage1'`` under a fresh trainable adapter."""
+    if TRAINABLE in getattr(model, 'peft_config', {}):
+        model.delete_adapters(TRAINABLE)
+    model.add_adapter(config, adapter_name=FROZEN_STAGE)
+    load_lora_state(model, previous, FROZEN_STAGE)
+    attach_lora(model, config, TRAINABLE)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every active adapter into the base weights and remove the adapters."""
+    model.fuse_lora(lora_scale=1.0)
+    model.unload_lora()
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the pristine base of a LoRA'd model (the teacher shares the fake score's base)."""
+    if not getattr(model, '_hf_peft_config_loaded', False):
+        yield model
+        return
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
+
+
+class AdapterDisabledView(nn.Module):
+    """The teacher as a view of another model with its adapters disabled.
+
+    The target is not registered as a submodule: the view owns no parameters, so it adds
+    nothing to state dicts, optimizers, EMA or distributed wrappers.
+    """
+
+    def __init__(self, target: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, '_target', target)
+
+    @property
+    def target(self) -> nn.Module:
+        return self._target
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad(), adapters_disabled(self._target) as base:
+            return base(*args, **kwargs)
