@@ -26,6 +26,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
 
 from rtdmd.engine import sweep as grid  # noqa: E402
+from rtdmd.engine.pipeline import default_work_dir  # noqa: E402
 
 CHECKPOINT = '<last checkpoint>'  # filled in once the point has trained
 
@@ -33,7 +34,7 @@ CHECKPOINT = '<last checkpoint>'  # filled in once the point has trained
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Run an ablation grid of rtdmd experiments.')
     parser.add_argument('sweep', help='sweep file (a Python config with a `sweep` dict)')
-    parser.add_argument('--work-dir', help='default: work_dirs/<sweep file name>')
+    parser.add_argument('--work-dir', help='default: work_dirs/<sweep path below configs/>')
     parser.add_argument('--jobs', type=int, default=1, help='points run at a time')
     parser.add_argument('--dry-run', action='store_true', help='print the commands only')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
@@ -90,7 +91,7 @@ def run_job(job: grid.Job, config: str, env: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work_dir = args.work_dir or osp.join('work_dirs', osp.splitext(osp.basename(args.sweep))[0])
+    work_dir = args.work_dir or default_work_dir(args.sweep)
     try:
         sweep = grid.load_sweep(args.sweep)
         jobs = grid.plan_jobs(sweep, work_dir, {**sweep.cfg_options, **args.cfg_options})

@@ -13,7 +13,8 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.engine.pipeline import check_stage_options, split_stage_options  # noqa: E402
+from rtdmd.engine.pipeline import (check_stage_options, default_work_dir,  # noqa: E402
+                                   split_stage_options)
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
 
@@ -23,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='config file path')
     parser.add_argument('--checkpoint', help='checkpoint to evaluate (default: load_from)')
     parser.add_argument('--work-dir', help='where metrics.json goes '
-                        '(default: work_dirs/<config name>/test)')
+                        '(default: the training work dir for a pipeline of stages, '
+                        'else its test/ folder)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     return parser.parse_args(argv)
@@ -34,14 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     apply_mmengine_patches()
     try:
         cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
-        check_stage_options(cfg, args.cfg_options)
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint {args.checkpoint} does not exist')
     cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0], 'test')
+    # A pipeline evaluates the stages trained in its own work dir; a single model gets test/.
+    default = default_work_dir(args.config)
+    cfg.work_dir = args.work_dir or (default if cfg.get('stages') else osp.join(default, 'test'))
+    try:
+        check_stage_options(cfg, args.cfg_options)
+    except (ConfigError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
     init_distributed(args.launcher)
 
     from rtdmd.engine.pipeline import run_test

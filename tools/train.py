@@ -18,7 +18,8 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.engine.pipeline import check_stage_options, split_stage_options  # noqa: E402
+from rtdmd.engine.pipeline import (check_stage_options, default_work_dir,  # noqa: E402
+                                   split_stage_options)
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
 
@@ -27,10 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train an rtdmd model.')
     parser.add_argument('config', help='config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
-                        '(default: work_dirs/<config name>)')
+                        '(default: work_dirs/<config path below configs/>)')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from CKPT, or from the latest checkpoint of the work dir '
-                        'when no path is given')
+                        'when no path is given (a pipeline of stages always resumes: finished '
+                        'stages are skipped, an interrupted one continues)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.fake_update_ratio=5 '
                         'world.stds="[0.3,0.3]"')
@@ -47,7 +49,7 @@ def build_cfg(args: argparse.Namespace):
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0])
+        cfg.work_dir = default_work_dir(args.config)
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume
@@ -65,7 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     init_distributed(args.launcher)
 
     from rtdmd.engine.pipeline import run_training  # heavy imports after validation
-    run_training(cfg, args.cfg_options)
+    from rtdmd.models.backbones.pretrained import MissingWeightsError
+    try:
+        run_training(cfg, args.cfg_options)
+    except MissingWeightsError as err:  # the message says where the weights go
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

@@ -24,7 +24,7 @@ from rtdmd.utils.setup_env import register_all_modules
 
 PIPELINE_KEYS = ('stages', 'evaluation')
 # Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
-SHARED_KEYS = ('world', 'reward', 'backbone')
+SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root')
 
 
 def build_runner(cfg: Config) -> Runner:
@@ -103,8 +103,24 @@ def split_stage_options(options: dict | None) -> tuple[dict, dict[str, dict]]:
     return plain, scoped
 
 
+def default_work_dir(config_path: str) -> str:
+    """``work_dirs/<config path below configs/, without .py>`` (``work_dirs/<name>`` elsewhere),
+    so ``configs/ac_dmd/x.py`` and ``configs/rtdmd/x.py`` never share a folder."""
+    parts = osp.normpath(osp.abspath(config_path)).split(osp.sep)
+    stem = osp.splitext(parts[-1])[0]
+    if 'configs' in parts[:-1]:
+        below = parts[len(parts) - 1 - parts[::-1][1:].index('configs'):-1]
+        return osp.join('work_dirs', *below, stem)
+    return osp.join('work_dirs', stem)
+
+
 def check_stage_options(cfg: Config, cli_options: dict | None) -> None:
-    """``NAME:key=value`` options must name a stage of ``cfg`` (or ``*``)."""
+    """Validate a pipeline before anything trains.
+
+    ``NAME:key=value`` options must name a stage (or ``*``); every stage's config must load
+    and validate with its options (``init_from`` is checked by name, as its checkpoint does not
+    exist yet); ``evaluation`` may only hold known keys and name known models.
+    """
     _, scoped = split_stage_options(cli_options)
     if scoped and not cfg.get('stages'):
         raise ConfigError([f'stage-scoped options {sorted(scoped)} need a config with stages'])
@@ -113,6 +129,18 @@ def check_stage_options(cfg: Config, cli_options: dict | None) -> None:
     if unknown:
         raise ConfigError([f'--cfg-options names unknown stages {sorted(unknown)}; the stages '
                            f'are {names} (or * for all)'])
+    for index, stage in enumerate(cfg.get('stages', [])):
+        earlier = names[:index]
+        if stage.get('init_from') and stage['init_from'] not in earlier:
+            raise ConfigError([f"stages[{index}].init_from: {stage['init_from']!r} is not an "
+                               f'earlier stage ({earlier})'])
+        try:
+            stage_config(cfg, {k: v for k, v in stage.items() if k != 'init_from'}, cli_options)
+        except ConfigError as err:
+            raise ConfigError([f"stage {stage.get('name')}: {e}" for e in err.errors]) from None
+    if cfg.get('stages') and cfg.get('evaluation'):
+        from rtdmd.evaluation.stage_evaluation import check_evaluation
+        check_evaluation(cfg.evaluation, names)
 
 
 def latest_checkpoint(work_dir: str) -> str:

@@ -173,7 +173,7 @@ def value_label(value: Any) -> str:
 
 def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
     """One job per point; every point's config, and each of its stages', loads and validates."""
-    from rtdmd.engine.pipeline import check_stage_options, split_stage_options, stage_config
+    from rtdmd.engine.pipeline import check_stage_options, split_stage_options
     from rtdmd.utils.config import load_config
 
     jobs, errors = [], []
@@ -184,11 +184,8 @@ def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
         try:
             format_options(options)
             cfg = load_config(sweep.config, split_stage_options(options)[0])
-            check_stage_options(cfg, options)
             cfg.work_dir = point_dir
-            for stage in cfg.get('stages') or []:  # init_from needs the trained stage: left out
-                where = f"{point.name}, stage {stage.get('name')}"
-                stage_config(cfg, {k: v for k, v in stage.items() if k != 'init_from'}, options)
+            check_stage_options(cfg, options)  # validates every stage too
         except (ValueError, KeyError, TypeError, OSError) as err:  # ConfigError, SweepError, ...
             errors.append(f'{where}: {err}')
             continue

@@ -14,12 +14,25 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from rtdmd.engine.pipeline import latest_checkpoint
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import MODELS, REWARDS
+from rtdmd.utils.config import ConfigError
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 
 from .analytic_report import evaluate_models, format_table
 
 EVALUATION_DEFAULTS = dict(models=None, samples_per_class=4096, num_projections=256,
                            reference_draws=5, beta=None, beta_grid_max=2.0, seed=0)
+
+
+def check_evaluation(evaluation: dict, stages: list[str]) -> None:
+    """Known keys only; every model is ``'teacher'`` or a stage name."""
+    unknown = set(evaluation) - set(EVALUATION_DEFAULTS)
+    if unknown:
+        raise ConfigError([f'evaluation: unknown keys {sorted(unknown)}; valid: '
+                           f'{sorted(EVALUATION_DEFAULTS)}'])
+    bad = [m for m in evaluation.get('models') or [] if m != 'teacher' and m not in stages]
+    if bad:
+        raise ConfigError([f'evaluation.models: {bad} are neither teacher nor a stage '
+                           f'({stages})'])
 
 
 def load_generator(stage_cfg: Config, checkpoint: str) -> torch.nn.Module:
@@ -41,12 +54,8 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
     ``stage_config(name)`` gives a stage's resolved config; its final checkpoint is read from
     the stage's work dir.
     """
-    settings = dict(EVALUATION_DEFAULTS)
-    unknown = set(cfg.evaluation) - set(settings)
-    if unknown:
-        raise ValueError(f'evaluation got unknown keys {sorted(unknown)}; '
-                         f'valid: {sorted(settings)}')
-    settings.update(cfg.evaluation)
+    check_evaluation(cfg.evaluation, stages)
+    settings = {**EVALUATION_DEFAULTS, **cfg.evaluation}
     names = settings['models'] or ['teacher', *stages]
     teacher = GaussianMixtureTeacher.from_world(cfg.world.to_dict())
     reward = REWARDS.build(cfg.reward) if cfg.get('reward') else None
@@ -58,9 +67,6 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
             gen = torch.Generator().manual_seed(settings['seed'] + 7)
             samples[name] = (teacher.sample(classes, gen), classes)
             continue
-        if name not in stages:
-            raise KeyError(f'evaluation.models names {name!r}, which is neither teacher nor a '
-                           f'stage ({sorted(stages)})')
         sub = stage_config(name)
         model = load_generator(sub, latest_checkpoint(sub.work_dir))
         samples[name] = (model.generate(classes, seed=settings['seed']), classes)

@@ -78,3 +78,16 @@ def test_unknown_stage_in_options_is_an_error(tmp_path: Path) -> None:
     result = run_tool([sys.executable, 'tools/train.py', PIPELINE, '--work-dir', str(tmp_path),
                        '--cfg-options', 'rtdmdd:train_cfg.max_iters=3'])
     assert result.returncode != 0 and 'unknown stages' in result.stderr
+
+
+@pytest.mark.parametrize('option, message', [
+    ('rtdmd:model.dm_layot=final_step', 'stage rtdmd: model.dm_layot'),
+    ('ac_dmd:model.fake_update_ratoi=3', 'stage ac_dmd: model.fake_update_ratoi'),
+    ("evaluation.models=['teacher','rtdm']", "evaluation.models: ['rtdm']"),
+])
+def test_every_stage_is_validated_before_anything_trains(tmp_path: Path, option: str,
+                                                         message: str) -> None:
+    result = run_tool([sys.executable, 'tools/train.py', PIPELINE, '--work-dir', str(tmp_path),
+                       '--cfg-options', option])
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not any(tmp_path.iterdir())

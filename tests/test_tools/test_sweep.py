@@ -35,7 +35,7 @@ def load_module(name: str) -> ModuleType:
 
 
 def write_sweep(path: Path, **spec) -> Path:
-    spec = {'config': AC_DMD, 'metrics': ['toy/sw2'],
+    spec = {'config': AC_DMD, 'metrics': ['toy/sw2_teacher'],
             'axes': {'ratio': {'values': [1, 2], 'keys': ['model.fake_update_ratio']}}, **spec}
     path.write_text(f'sweep = {spec!r}\n')
     return path
@@ -101,12 +101,12 @@ def test_missing_keys_and_stray_top_level_keys(tmp_path: Path) -> None:
 
 
 def test_metric_found_nowhere_lists_the_available_ones(tmp_path: Path) -> None:
-    sweep = load_sweep(write_sweep(tmp_path / 's.py', metrics=['toy/sw2', 'rtdmd.beta_hat']))
-    with pytest.raises(SweepError, match=r"\['rtdmd.beta_hat'\].*available: \['toy/mode_tv', "):
-        collect(sweep, {'ratio=1': {'toy/mode_tv': 0.1, 'toy/sw2': 0.2}})
-    rows = collect(sweep, {'ratio=2': {'toy/sw2': 0.5, 'rtdmd.beta_hat': 0.1}})  # ratio=1 failed
-    assert rows == [{'ratio': '1', 'toy/sw2': None, 'rtdmd.beta_hat': None},
-                    {'ratio': '2', 'toy/sw2': 0.5, 'rtdmd.beta_hat': 0.1}]
+    sweep = load_sweep(write_sweep(tmp_path / 's.py', metrics=['toy/sw2_teacher', 'rtdmd.beta_hat']))
+    with pytest.raises(SweepError, match=r"\['rtdmd.beta_hat'\].*available: \['toy/mode_tv_teacher', "):
+        collect(sweep, {'ratio=1': {'toy/mode_tv_teacher': 0.1, 'toy/sw2_teacher': 0.2}})
+    rows = collect(sweep, {'ratio=2': {'toy/sw2_teacher': 0.5, 'rtdmd.beta_hat': 0.1}})  # ratio=1 failed
+    assert rows == [{'ratio': '1', 'toy/sw2_teacher': None, 'rtdmd.beta_hat': None},
+                    {'ratio': '2', 'toy/sw2_teacher': 0.5, 'rtdmd.beta_hat': 0.1}]
 
 
 def test_a_mistyped_key_fails_every_point_before_anything_runs(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_failed_point_is_reported_and_the_sweep_goes_on(tmp_path: Path, monkeypa
     tool = load_module('sweep.py')
 
     def fake_commands(job, config):  # ratio=1 crashes, ratio=2 writes its metrics
-        metrics = json.dumps({'toy/sw2': 0.25})
+        metrics = json.dumps({'toy/sw2_teacher': 0.25})
         code = ('import sys; sys.exit(3)' if job.point.name == 'ratio=1' else
                 f'open({str(Path(job.work_dir) / "metrics.json")!r}, "w").write({metrics!r})')
         return [[sys.executable, '-c', code]]
@@ -180,7 +180,7 @@ def test_failed_point_is_reported_and_the_sweep_goes_on(tmp_path: Path, monkeypa
 @pytest.mark.slow
 def test_two_point_sweep_end_to_end_then_resumed(tmp_path: Path) -> None:
     work_dir = tmp_path / 'sweep'
-    spec = write_sweep(tmp_path / 'ratio.py', metrics=['toy/sw2', 'toy/mode_tv'])
+    spec = write_sweep(tmp_path / 'ratio.py', metrics=['toy/sw2_teacher', 'toy/mode_tv_teacher'])
     args = [sys.executable, 'tools/sweep.py', str(spec), '--work-dir', str(work_dir),
             '--cfg-options', *TINY_TOY_OPTIONS]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
@@ -188,17 +188,17 @@ def test_two_point_sweep_end_to_end_then_resumed(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     points = [work_dir / 'ratio=1', work_dir / 'ratio=2']
     for point in points:
-        assert json.loads((point / 'metrics.json').read_text())['toy/sw2'] > 0
+        assert json.loads((point / 'metrics.json').read_text())['toy/sw2_teacher'] > 0
         log = (point / 'sweep.log').read_text()
         assert 'tools/train.py' in log and 'tools/test.py' in log
         assert 'model.fake_update_ratio=' + point.name[-1] in log
     table = (work_dir / 'results.md').read_text()
-    assert table.splitlines()[0] == '| ratio | toy/sw2 | toy/mode_tv |'
+    assert table.splitlines()[0] == '| ratio | toy/sw2_teacher | toy/mode_tv_teacher |'
     assert [line.split(' | ')[0] for line in table.splitlines()[2:]] == ['| 1', '| 2']
     assert table in first.stdout
     with open(work_dir / 'results.csv') as f:
         rows = list(csv.DictReader(f))
-    assert [r['ratio'] for r in rows] == ['1', '2'] and all(float(r['toy/sw2']) for r in rows)
+    assert [r['ratio'] for r in rows] == ['1', '2'] and all(float(r['toy/sw2_teacher']) for r in rows)
     assert (work_dir / 'results.png').stat().st_size > 1000
 
     stamps = [(p / 'metrics.json').stat().st_mtime_ns for p in points]

@@ -54,7 +54,7 @@ def test_train_writes_config_checkpoints_logs_and_tensorboard(tmp_path: Path) ->
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(events[0])
     acc.Reload()
-    assert {'loss_fake_dsm', 'loss_dmd', 'toy/sw2'} <= set(acc.Tags()['scalars'])
+    assert {'loss_fake_dsm', 'loss_dmd', 'toy/sw2_teacher'} <= set(acc.Tags()['scalars'])
     log = (result.stdout + result.stderr)
     assert 'eta:' in log and 'Iter(train) [6/6]' in log
 
@@ -87,8 +87,9 @@ def test_test_tool_writes_metrics_json(tmp_path: Path) -> None:
                        str(tmp_path / 'test'), '--cfg-options', *options])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / 'test' / 'metrics.json').read_text())
-    assert set(metrics) == {'toy/sw2', 'toy/sw2_floor', 'toy/mode_tv', 'toy/off_support'}
-    assert 0 < metrics['toy/sw2_floor'] < metrics['toy/sw2'] < 10
+    assert set(metrics) == {'toy/sw2_teacher', 'toy/sw2_floor', 'toy/mode_tv_teacher',
+                            'toy/off_support'}
+    assert 0 < metrics['toy/sw2_floor'] < metrics['toy/sw2_teacher'] < 10
 
 
 def test_mistyped_key_fails_before_any_work(tmp_path: Path) -> None:
