@@ -10,18 +10,15 @@ with a message naming it. The resolved config is written into the work dir.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
-
-from rtdmd.engine.pipeline import (check_stage_options, default_work_dir,  # noqa: E402
-                                   split_stage_options)
-from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a checkout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +40,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_weights_first(args: argparse.Namespace) -> None:
+    """Stop on missing backbone weights before torch is imported (a fraction of a second).
+
+    Only ``mmengine.config`` and ``rtdmd/models/backbones/pretrained.py`` (standard library
+    only) are loaded, the latter from its file: importing it as a package module would import
+    ``rtdmd.models`` (torch, diffusers) first. Config errors are left to the validation below.
+    """
+    spec = importlib.util.spec_from_file_location(
+        '_rtdmd_pretrained', osp.join(ROOT, 'rtdmd', 'models', 'backbones', 'pretrained.py'))
+    pretrained = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrained)
+    try:
+        # No environment substitution here: mmengine logs it, and its logger imports torch.
+        cfg = Config.fromfile(args.config, import_custom_modules=False,
+                              use_environment_variables=False)
+        cfg.merge_from_dict({k: v for k, v in args.cfg_options.items() if ':' not in k})
+    except Exception:  # noqa: BLE001  (reported with context by load_config)
+        return
+    try:
+        pretrained.check_config_weights(cfg)
+    except pretrained.MissingWeightsError as err:
+        sys.exit(f'error: {err}')
+
+
 def build_cfg(args: argparse.Namespace):
+    from rtdmd.engine.pipeline import default_work_dir, split_stage_options
+    from rtdmd.utils.config import load_config
+
     cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
     cfg.launcher = args.launcher
     if args.work_dir is not None:
@@ -58,6 +82,11 @@ def build_cfg(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_weights_first(args)
+    from rtdmd.engine.pipeline import check_stage_options  # heavy imports from here on
+    from rtdmd.utils.config import ConfigError
+    from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed
+
     apply_mmengine_patches()
     try:
         cfg = build_cfg(args)

@@ -6,6 +6,7 @@ import json
 import os.path as osp
 from typing import Any
 
+from mmengine.registry import FUNCTIONS
 from torch.utils.data import Dataset
 
 from rtdmd.registry import DATASETS
@@ -82,3 +83,10 @@ class TextPromptDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         return {'prompt': item['prompt'], 'metadata': item['metadata'], 'index': index}
+
+
+@FUNCTIONS.register_module()
+def collate_prompts(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """One list per key (``collate_fn=dict(type='collate_prompts')``): mmengine's
+    ``pseudo_collate`` fails on GenEval metadata, whose ``include`` lists differ in length."""
+    return {key: [item[key] for item in batch] for key in batch[0]}

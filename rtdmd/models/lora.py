@@ -36,6 +36,10 @@ def attach_lora(model: nn.Module, config: LoraConfig, name: str = TRAINABLE) -> 
     model.set_adapters(active) if len(active) > 1 else model.set_adapter(name)
     for pname, param in model.named_parameters():
         param.requires_grad_(f'.{name}.' in pname and 'lora_' in pname)
+        if param.requires_grad and param.is_floating_point():
+            # fp32 master weights on a bf16 base (peft casts the input to the adapter's dtype):
+            # in bf16 an AdamW step of lr 3e-6 on lora_A (|a| ~ 0.18) rounds away entirely.
+            param.data = param.data.float()
 
 
 def lora_state_dict(model: nn.Module, name: str = TRAINABLE) -> dict[str, torch.Tensor]:

@@ -129,6 +129,8 @@ class DiffusersBackbone(Backbone):
 def _drop_frozen_base(module: nn.Module, state: dict, prefix: str, local_metadata: Any) -> None:
     """State-dict hook: keep the LoRA weights of the trainable roles, drop frozen bases."""
     for key in list(state):
+        if not key.startswith(prefix):
+            continue  # the parent's own entries (e.g. the distiller's iteration counter)
         rel = key[len(prefix):]
         if rel.startswith(('generator.', 'fake_score.')) and 'lora_' not in rel:
             del state[key]

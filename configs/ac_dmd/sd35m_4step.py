@@ -1,0 +1,11 @@
+# Stage 1 (AC-DMD) of SD3.5-Medium at 512 px: 4-step CPS generator (ALGORITHM.md 3, 6.2).
+_base_ = [
+    '../_base_/default_runtime.py', '../_base_/models/sd35m.py',
+    '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/pickscore_train.py',
+]
+model = dict(teacher_guidance=4.5)  # real CFG against the empty prompt (min = max)
+# lr 3e-5 for generator and fake score, EMA 0.99 every step: the algorithm base's values.
+train_dataloader = dict(batch_size=9)  # per GPU; the release runs 8 GPUs (FSDP full_shard)
+# Stage 2 starts from checkpoint 15000 (15 000 fake-score and 1 500 generator steps).
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=15000)
+default_hooks = dict(checkpoint=dict(interval=5000))
