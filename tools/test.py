@@ -13,8 +13,7 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.engine.pipeline import (check_stage_options, default_work_dir,  # noqa: E402
-                                   split_stage_options)
+from rtdmd.engine.pipeline import check_stage_options, default_work_dir, split_stage_options  # noqa: E402
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
 

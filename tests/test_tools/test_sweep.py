@@ -101,10 +101,13 @@ def test_missing_keys_and_stray_top_level_keys(tmp_path: Path) -> None:
 
 
 def test_metric_found_nowhere_lists_the_available_ones(tmp_path: Path) -> None:
-    sweep = load_sweep(write_sweep(tmp_path / 's.py', metrics=['toy/sw2_teacher', 'rtdmd.beta_hat']))
-    with pytest.raises(SweepError, match=r"\['rtdmd.beta_hat'\].*available: \['toy/mode_tv_teacher', "):
+    metrics = ['toy/sw2_teacher', 'rtdmd.beta_hat']
+    sweep = load_sweep(write_sweep(tmp_path / 's.py', metrics=metrics))
+    expected = r"\['rtdmd.beta_hat'\].*available: \['toy/mode_tv_teacher', "
+    with pytest.raises(SweepError, match=expected):
         collect(sweep, {'ratio=1': {'toy/mode_tv_teacher': 0.1, 'toy/sw2_teacher': 0.2}})
-    rows = collect(sweep, {'ratio=2': {'toy/sw2_teacher': 0.5, 'rtdmd.beta_hat': 0.1}})  # ratio=1 failed
+    # ratio=1 failed: its row stays empty
+    rows = collect(sweep, {'ratio=2': {'toy/sw2_teacher': 0.5, 'rtdmd.beta_hat': 0.1}})
     assert rows == [{'ratio': '1', 'toy/sw2_teacher': None, 'rtdmd.beta_hat': None},
                     {'ratio': '2', 'toy/sw2_teacher': 0.5, 'rtdmd.beta_hat': 0.1}]
 
@@ -198,7 +201,8 @@ def test_two_point_sweep_end_to_end_then_resumed(tmp_path: Path) -> None:
     assert table in first.stdout
     with open(work_dir / 'results.csv') as f:
         rows = list(csv.DictReader(f))
-    assert [r['ratio'] for r in rows] == ['1', '2'] and all(float(r['toy/sw2_teacher']) for r in rows)
+    assert [r['ratio'] for r in rows] == ['1', '2']
+    assert all(float(r['toy/sw2_teacher']) for r in rows)
     assert (work_dir / 'results.png').stat().st_size > 1000
 
     stamps = [(p / 'metrics.json').stat().st_mtime_ns for p in points]

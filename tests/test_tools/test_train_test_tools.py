@@ -14,8 +14,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from tests.conftest import REPO, TINY_TOY_OPTIONS
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+from tests.conftest import REPO, TINY_TOY_OPTIONS
 
 CONFIG = 'configs/ac_dmd/toy2d_4step.py'
 

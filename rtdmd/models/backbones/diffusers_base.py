@@ -20,8 +20,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from rtdmd.models.lora import (AdapterDisabledView, attach_lora, lora_config, lora_state_dict,
-                               stack_under_fresh_lora)
+from rtdmd.models.lora import (
+    AdapterDisabledView,
+    attach_lora,
+    lora_config,
+    lora_state_dict,
+    stack_under_fresh_lora,
+)
 
 from .base import Backbone, Condition
 from .pretrained import check_pretrained_dir, resolve_weights_path

@@ -97,7 +97,10 @@ class GaussianMixtureTeacher(nn.Module):
         return torch.logsumexp(torch.log(self.weights.double()[class_ids]) + log_n, dim=1)
 
     def forward(self, x: Tensor, sigma: Tensor, class_ids: Tensor) -> Tensor:
-        """Exact velocity ``E[eps - x0 | x_sigma = x, c]``: ``x (B, d)``, ``sigma (B,)`` -> ``(B, d)``."""
+        """Exact velocity ``E[eps - x0 | x_sigma = x, c]``.
+
+        Shapes: ``x (B, d)``, ``sigma (B,)``, ``class_ids (B,)`` -> ``(B, d)``.
+        """
         resp, centred, var = self.posterior(x, sigma, class_ids)
         sig = sigma.double().reshape(-1, 1, 1)
         var = var[:, :, None]

@@ -37,6 +37,7 @@ from rtdmd.registry import MODELS
 
 from .base import Condition
 from .diffusers_base import DiffusersBackbone
+from .vae import decode_scaled, encode_scaled
 
 _WEIGHTS = ['config.json', '*weights']
 
@@ -174,21 +175,9 @@ class SD3Backbone(DiffusersBackbone):
 
     def decode(self, x: Tensor) -> Tensor:
         """Latents to fp32 images in [0, 1], ``(B, 3, R, R)``; differentiable in ``x``."""
-        config = self.vae.config
-        z = (x.float() / config.scaling_factor + config.shift_factor).to(self.vae.dtype)
-        images = self.vae.decode(z, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return decode_scaled(self.vae, x)
 
     def encode_images(self, images: Tensor, sample: bool = False,
                       generator: torch.Generator | None = None) -> Tensor:
-        """Images in [0, 1] ``(B, 3, R, R)`` to fp32 latents, the inverse of :meth:`decode`.
-
-        Args:
-            images: pixel values in [0, 1].
-            sample: draw from the VAE posterior instead of taking its mode.
-            generator: RNG of the posterior sample.
-        """
-        config = self.vae.config
-        posterior = self.vae.encode((images * 2 - 1).to(self.vae.dtype)).latent_dist
-        latents = posterior.sample(generator) if sample else posterior.mode()
-        return (latents.float() - config.shift_factor) * config.scaling_factor
+        """Images in [0, 1] to fp32 latents, the inverse of :meth:`decode`."""
+        return encode_scaled(self.vae, images, sample, generator)

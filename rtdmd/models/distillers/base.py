@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from mmengine.dist import get_rank
-from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict
+from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 
 from rtdmd.models.backbones.base import Backbone, Condition

@@ -17,8 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from rtdmd.functional.ambient import (ambient_target, cps_back_project, renoise_sub_interval,
-                                      sample_renoise_sigma)
+from rtdmd.functional.ambient import (
+    ambient_target,
+    cps_back_project,
+    renoise_sub_interval,
+    sample_renoise_sigma,
+)
 from rtdmd.functional.consistency import consistency_jump_sigma
 from rtdmd.functional.cps import cps_step
 from rtdmd.functional.flow import x0_from_velocity

@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from rtdmd.functional.ambient import ambient_dsm_loss
-from rtdmd.functional.consistency import (consistency_regularizer,
-                                          consistency_regularizer_one_sample)
+from rtdmd.functional.consistency import consistency_regularizer, consistency_regularizer_one_sample
 from rtdmd.functional.dmd import dmd_gradient, dmd_surrogate_loss
 from rtdmd.registry import LOSSES
 
