@@ -15,6 +15,7 @@ from rtdmd.models.backbones.pretrained import MissingWeightsError
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
+from tests.fixtures.backbone_utils import latent_noise, randomize_lora
 from tests.fixtures.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
 
 PROMPTS = ['a photo of a cat', 'two red apples on the table']
@@ -43,19 +44,6 @@ def backbone(flux_root: Path) -> FluxBackbone:
     return _build(flux_root)
 
 
-def _randomize_lora(net: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.requires_grad:  # lora_B starts at 0: make the adapter do something
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-
-
-def _noise(backbone: FluxBackbone, seed: int = 0, batch: int = 2) -> torch.Tensor:
-    return torch.randn((batch, *backbone.latent_shape()),
-                       generator=torch.Generator().manual_seed(seed))
-
-
 def test_shapes_dtypes_and_decode_range(flux_root: Path) -> None:
     backbone = _build(flux_root, dtype='bfloat16')
     assert backbone.latent_shape() == (16, TINY_RESOLUTION // 8, TINY_RESOLUTION // 8)
@@ -66,7 +54,7 @@ def test_shapes_dtypes_and_decode_range(flux_root: Path) -> None:
     # fp32 LoRA on the bf16 base: small AdamW steps must not round away
     assert {p.dtype for p in backbone.trainable_parameters('generator')} == {torch.float32}
     assert backbone.generator.is_gradient_checkpointing
-    x = _noise(backbone)
+    x = latent_noise(backbone)
     for role, scale in (('teacher', 3.5), ('generator', 1.0), ('fake_score', 1.0)):
         v = backbone.predict_velocity(role, x, 0.6, cond, scale)
         assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
@@ -99,7 +87,7 @@ def test_timestep_is_sigma_and_guidance_goes_to_the_embedding(backbone: FluxBack
     handle = net.register_forward_pre_hook(record, with_kwargs=True)
     try:
         cond = backbone.encode_prompts(PROMPTS)
-        x = _noise(backbone)
+        x = latent_noise(backbone)
         backbone.predict_velocity('teacher', x, torch.tensor([0.3, 0.8]), cond, 3.5)
         backbone.predict_velocity('fake_score', x, 0.5, cond)
     finally:
@@ -128,13 +116,13 @@ def test_only_lora_is_trainable_and_saved(backbone: FluxBackbone) -> None:
 def test_teacher_equals_zero_lora_fake_score_and_never_changes(flux_root: Path) -> None:
     backbone = _build(flux_root)
     cond = backbone.encode_prompts(PROMPTS)
-    x, sigma = _noise(backbone), torch.tensor([0.9, 0.4])
+    x, sigma = latent_noise(backbone), torch.tensor([0.9, 0.4])
     teacher_before = backbone.predict_velocity('teacher', x, sigma, cond)
     torch.testing.assert_close(backbone.predict_velocity('fake_score', x, sigma, cond),
                                teacher_before, rtol=0, atol=0)
     params = []
     for seed, role in enumerate(('generator', 'fake_score')):
-        _randomize_lora(getattr(backbone, role), seed)
+        randomize_lora(getattr(backbone, role), seed)
         params += list(backbone.trainable_parameters(role))
     optim = torch.optim.Adam(params, lr=1e-2)
     for _ in range(3):
@@ -156,7 +144,7 @@ def test_cps_eta0_reproduces_the_diffusers_pipeline(flux_root: Path, backbone: F
 
     pipe = FluxPipeline.from_pretrained(flux_root / 'FLUX.1-dev', torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    noise = _noise(backbone, seed=3)
+    noise = latent_noise(backbone, seed=3)
     b, c, h, w = noise.shape
     # The pipeline shifts the raw u = step/1000 with mu of its 16 tokens, exactly like
     # sigma_schedule (checked), so both integrate the same ODE on the same grid.
@@ -196,9 +184,9 @@ def test_missing_weights_name_the_path_and_how_to_get_them(flux_root: Path,
 
 def test_stage1_lora_under_fresh_lora_equals_merging_it(flux_root: Path) -> None:
     stage1 = _build(flux_root)
-    _randomize_lora(stage1.generator, seed=5)
+    randomize_lora(stage1.generator, seed=5)
     cond = stage1.encode_prompts(PROMPTS)
-    x, sigma = _noise(stage1, seed=1), torch.tensor([0.7, 0.2])
+    x, sigma = latent_noise(stage1, seed=1), torch.tensor([0.7, 0.2])
     expected = stage1.predict_velocity('generator', x, sigma, cond)
     assert not torch.allclose(expected, stage1.predict_velocity('teacher', x, sigma, cond))
     merged = merge_lora(copy.deepcopy(stage1.generator))

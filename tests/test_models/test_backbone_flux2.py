@@ -14,6 +14,7 @@ from rtdmd.models.backbones.pretrained import MissingWeightsError
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
+from tests.fixtures.backbone_utils import latent_noise, randomize_lora
 from tests.fixtures.flux2 import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RESOLUTION,
@@ -56,19 +57,6 @@ def _pipeline(path: Path):
     return pipe
 
 
-def _noise(backbone: Flux2KleinBackbone, seed: int = 0, batch: int = 2) -> torch.Tensor:
-    return torch.randn((batch, *backbone.latent_shape()),
-                       generator=torch.Generator().manual_seed(seed))
-
-
-def _randomize_lora(net: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.requires_grad:  # lora_B starts at 0: make the adapter do something
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-
-
 def test_lora_targets_are_the_release_set(backbone: Flux2KleinBackbone) -> None:
     release = {'to_q', 'to_k', 'to_v', 'to_out.0', 'add_q_proj', 'add_k_proj', 'add_v_proj',
                'to_add_out', 'to_qkv_mlp_proj'}
@@ -96,7 +84,7 @@ def test_shapes_dtypes_and_decode_range(root: Path) -> None:
     assert backbone.generator.dtype == torch.bfloat16 and backbone.text_encoder.dtype == \
         torch.bfloat16
     assert backbone.generator.is_gradient_checkpointing
-    x = _noise(backbone, batch=3)
+    x = latent_noise(backbone, batch=3)
     for role, scale in (('teacher', 4.0), ('generator', 1.0), ('fake_score', 1.0)):
         v = backbone.predict_velocity(role, x, 0.6, cond, scale)
         assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
@@ -148,7 +136,7 @@ def test_cps_eta0_reproduces_the_pipeline(backbone: Flux2KleinBackbone, root: Pa
     # them again (pitfall 2), so both run the same 4-step Euler chain.
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0)
-    noise = _noise(backbone, seed=3)
+    noise = latent_noise(backbone, seed=3)
     with torch.no_grad():
         ro = sampler.rollout(backbone, backbone.encode_prompts(PROMPTS), noise, role=role)
         images = backbone.decode(ro.sample)
@@ -175,7 +163,7 @@ def test_generator_starts_from_generator_init_and_teacher_from_base(
     from diffusers import Flux2Transformer2DModel
 
     cond = backbone.encode_prompts(PROMPTS)
-    x, sigma = _noise(backbone), torch.full((2,), 0.7)
+    x, sigma = latent_noise(backbone), torch.full((2,), 0.7)
     with torch.no_grad():
         for role, snapshot in (('generator', 'FLUX.2-klein-4B'),
                                ('teacher', 'FLUX.2-klein-base-4B')):
@@ -197,13 +185,13 @@ def test_only_lora_trains_and_the_teacher_never_changes(root: Path) -> None:
     assert state and all(k.startswith(('generator.', 'fake_score.')) and 'lora_' in k
                          for k in state)
     cond = backbone.encode_prompts(PROMPTS)
-    x, sigma = _noise(backbone), torch.full((2,), 0.6)
+    x, sigma = latent_noise(backbone), torch.full((2,), 0.6)
     with torch.no_grad():  # zero LoRA B: the fake score is exactly the teacher
         teacher = backbone.predict_velocity('teacher', x, sigma, cond)
         torch.testing.assert_close(backbone.predict_velocity('fake_score', x, sigma, cond),
                                    teacher, atol=0, rtol=0)
     for seed, role in enumerate(('generator', 'fake_score')):
-        _randomize_lora(getattr(backbone, role), seed)
+        randomize_lora(getattr(backbone, role), seed)
     params = [p for role in ('generator', 'fake_score')
               for p in backbone.trainable_parameters(role)]
     optim = torch.optim.AdamW(params, lr=1e-2)
@@ -225,11 +213,11 @@ def test_only_lora_trains_and_the_teacher_never_changes(root: Path) -> None:
 
 def test_stacking_stage1_lora_is_merging_it(root: Path) -> None:
     backbone = _build(root)
-    _randomize_lora(backbone.generator, seed=7)
+    randomize_lora(backbone.generator, seed=7)
     stage1 = {k: v.clone() for k, v in backbone.generator.state_dict().items() if 'lora_' in k}
     merged = merge_lora(copy.deepcopy(backbone.generator))
     cond = backbone.encode_prompts(PROMPTS)
-    x, sigma = _noise(backbone), torch.full((2,), 0.8)
+    x, sigma = latent_noise(backbone), torch.full((2,), 0.8)
     with torch.no_grad():
         with_stage1 = backbone.predict_velocity('generator', x, sigma, cond)
         backbone.load_role_state('generator', stage1)

@@ -15,6 +15,7 @@ from rtdmd.models.backbones.sd3 import SD3Backbone
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
+from tests.fixtures.backbone_utils import latent_noise, randomize_lora
 from tests.fixtures.sd3 import TINY_RESOLUTION, build_sd3_dir
 
 PROMPTS = ['a photo of a cat', 'two red apples on the table']
@@ -42,19 +43,6 @@ def _build(root: Path, variant: str = 'sd3', **overrides) -> SD3Backbone:
     return backbone
 
 
-def _randomize_lora(net: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.requires_grad:  # lora_B starts at 0: make the adapter do something
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-
-
-def _noise(backbone: SD3Backbone, seed: int = 0, batch: int = 2) -> torch.Tensor:
-    return torch.randn((batch, *backbone.latent_shape()),
-                       generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.parametrize('variant', ['sd3', 'sd35'])
 def test_shapes_dtypes_and_decode_range(sd3_root: Path, variant: str) -> None:
     backbone = _build(sd3_root, variant, dtype='bfloat16')
@@ -66,7 +54,7 @@ def test_shapes_dtypes_and_decode_range(sd3_root: Path, variant: str) -> None:
     assert cond['prompt_embeds'].shape == (2, 77 + 128, 32)
     assert cond['pooled_prompt_embeds'].shape == (2, 24)
     assert cond['prompt_embeds'].dtype == torch.bfloat16
-    x = _noise(backbone)
+    x = latent_noise(backbone)
     for role, scale in (('teacher', 7.0), ('generator', 1.0), ('fake_score', 1.0)):
         v = backbone.predict_velocity(role, x, 0.75, cond, scale)
         assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
@@ -135,14 +123,14 @@ def test_only_lora_is_trainable_and_saved(sd3_root: Path) -> None:
 def test_teacher_is_frozen_and_equals_the_fake_score_with_zero_lora(sd3_root: Path) -> None:
     backbone = _build(sd3_root)
     cond = backbone.encode_prompts(PROMPTS)
-    x, sigma = _noise(backbone), torch.tensor([0.9, 0.5])
+    x, sigma = latent_noise(backbone), torch.tensor([0.9, 0.5])
     teacher0 = backbone.predict_velocity('teacher', x, sigma, cond, 7.0)
     torch.testing.assert_close(backbone.predict_velocity('fake_score', x, sigma, cond),
                                backbone.predict_velocity('teacher', x, sigma, cond),
                                rtol=0, atol=0)
     for role in ('generator', 'fake_score'):
         net = getattr(backbone, role)
-        _randomize_lora(net, seed=1)
+        randomize_lora(net, seed=1)
         opt = torch.optim.AdamW(backbone.trainable_parameters(role), lr=1e-2)
         for _ in range(2):  # through gradient checkpointing (train mode, grad enabled)
             loss = backbone.predict_velocity(role, x, sigma, cond).pow(2).mean()
@@ -171,7 +159,7 @@ def test_cps_eta0_reproduces_the_diffusers_pipeline(sd3_root: Path, variant: str
     backbone = _build(sd3_root, variant)
     backbone.eval()
     pipe = StableDiffusion3Pipeline.from_pretrained(str(sd3_root / FOLDERS[variant]))
-    noise = _noise(backbone, seed=3)
+    noise = latent_noise(backbone, seed=3)
     role = 'teacher' if guidance != 1.0 else 'generator'
     sampler = CPSSampler(step_list=STEPS, eta=0.0, guidance_scale=guidance)
     with torch.no_grad():
@@ -186,13 +174,13 @@ def test_cps_eta0_reproduces_the_diffusers_pipeline(sd3_root: Path, variant: str
 
 def test_stacked_stage1_lora_equals_merging_it_into_the_base(sd3_root: Path) -> None:
     stage1 = _build(sd3_root)
-    _randomize_lora(stage1.generator, seed=2)
+    randomize_lora(stage1.generator, seed=2)
     state = {k[len('generator.'):]: v for k, v in stage1.state_dict().items()
              if k.startswith('generator.')}
     stage2 = _build(sd3_root)
     stage2.load_role_state('generator', state)
     cond = stage1.encode_prompts(PROMPTS)
-    x, sigma = _noise(stage1), torch.tensor([0.75, 0.3])
+    x, sigma = latent_noise(stage1), torch.tensor([0.75, 0.3])
     with torch.no_grad():
         v1 = stage1.predict_velocity('generator', x, sigma, cond)
         v2 = stage2.predict_velocity('generator', x, sigma, cond)  # fresh LoRA: B = 0
