@@ -1,6 +1,12 @@
 from .class_prompts import ClassPromptDataset
-from .text_prompts import (BENCHMARKS, PromptFileError, TextPromptDataset, load_benchmark,
-                           ocr_target, read_prompt_file)
+from .text_prompts import (
+                           BENCHMARKS,
+                           PromptFileError,
+                           TextPromptDataset,
+                           load_benchmark,
+                           ocr_target,
+                           read_prompt_file,
+)
 
 __all__ = ['BENCHMARKS', 'ClassPromptDataset', 'PromptFileError', 'TextPromptDataset',
            'load_benchmark', 'ocr_target', 'read_prompt_file']

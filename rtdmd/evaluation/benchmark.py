@@ -1,0 +1,309 @@
+"""Benchmark harness: generate images for a prompt set, score them, summarise, compare methods.
+
+``run_benchmark`` evaluates one generator (a checkpoint, an exported pipeline or the teacher at N
+steps with CFG: anything behind ``generate(prompts, seed) -> images``) on one prompt set with
+several seeds and reward scorers. It writes, under ``out_dir``:
+
+- ``scores.jsonl``: a header line ``{"_settings": ...}`` then one line per (prompt index, seed)
+  with every reward. Appended batch by batch, so an interrupted run resumes where it stopped;
+  a rerun whose settings differ from the recorded ones is refused (:class:`SettingsMismatchError`).
+- ``metrics.json``: ``{reward: summarize(scores)}`` plus ``_settings``.
+- ``samples/`` and ``grid.png``: the first (up to) 16 samples and their grid, written as they are
+  produced.
+
+``compare_methods`` puts several ``metrics.json`` side by side in one markdown table and one CSV.
+
+Invalid scores: a non-finite score (NaN, +-inf) and the release's failure sentinel ``-10`` (its
+unified reward server returns -10 when a scorer fails on a sample) are dropped from the summary;
+``count`` is the number of valid scores that remain.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+INVALID_SENTINEL = -10.0
+GRID_SIZE = 16
+SCORES_FILE = 'scores.jsonl'
+METRICS_FILE = 'metrics.json'
+
+Generate = Callable[[list[str], int], Tensor]
+
+
+class SettingsMismatchError(ValueError):
+    """``scores.jsonl`` in ``out_dir`` was written with other settings than the current run's."""
+
+
+def valid_scores(values: Sequence[float | None] | np.ndarray | Tensor) -> np.ndarray:
+    """The finite scores of ``values`` other than the -10 failure sentinel (``None`` = invalid)."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().double().numpy()
+    flat = np.ravel(np.asarray(values, dtype=object))
+    arr = np.asarray([np.nan if v is None else v for v in flat], dtype=np.float64)
+    return arr[np.isfinite(arr) & (arr != INVALID_SENTINEL)]
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray | Tensor, num_resamples: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``values`` ``(N,)``; invalid scores dropped.
+
+    Draws ``num_resamples`` resamples of size N with replacement (seeded, so the interval is
+    reproducible) and returns the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
+    of their means. ``(nan, nan)`` for no valid value.
+    """
+    x = valid_scores(values)
+    n = x.size
+    if n == 0:
+        return float('nan'), float('nan')
+    rng = np.random.default_rng(seed)
+    # chunked so that num_resamples * N indices never exceed ~4M at once
+    chunk = max(1, min(num_resamples, (1 << 22) // n))
+    means = np.concatenate([x[rng.integers(0, n, size=(min(chunk, num_resamples - s), n))]
+                            .mean(axis=1) for s in range(0, num_resamples, chunk)])
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def summarize(values: Sequence[float | None] | np.ndarray | Tensor, **bootstrap: Any) -> dict:
+    """``dict(mean, std, ci_low, ci_high, count)`` of the valid scores (NaN / inf / -10 dropped).
+
+    ``std`` is the sample standard deviation (ddof=1; 0 for a single value); ``bootstrap`` goes to
+    :func:`bootstrap_ci`.
+    """
+    x = valid_scores(values)
+    low, high = bootstrap_ci(x, **bootstrap)
+    return dict(mean=float(x.mean()) if x.size else float('nan'),
+                std=float(x.std(ddof=1)) if x.size > 1 else (0.0 if x.size else float('nan')),
+                ci_low=low, ci_high=high, count=int(x.size))
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` after a JSON round trip (tuples -> lists): recorded and current settings compare."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _run_settings(settings: Mapping[str, Any], seeds: Sequence[int], batch_size: int,
+                  scorers: Mapping[str, Any], prompts: Sequence[dict]) -> dict:
+    texts = json.dumps([p['prompt'] for p in prompts]).encode()
+    # batch_size is recorded: generators that seed their noise per batch (distillers' generate)
+    # give other images for another grouping of the prompts
+    return _jsonable(dict(settings, seeds=list(seeds), batch_size=batch_size,
+                          rewards=sorted(scorers),
+                          num_prompts=len(prompts),
+                          prompts_sha1=hashlib.sha1(texts).hexdigest()))
+
+
+def _load_scores(path: Path, settings: dict) -> dict[tuple[int, int], dict]:
+    """Finished records of ``path`` keyed by (index, seed); refuses other settings.
+
+    A line cut short by an interruption is dropped and the file rewritten without it, so appends
+    stay well-formed.
+    """
+    if not path.exists():
+        path.write_text(json.dumps({'_settings': settings}) + '\n')
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        recorded = json.loads(lines[0])['_settings']
+    except (IndexError, ValueError, KeyError, TypeError) as err:
+        raise SettingsMismatchError(f'{path}: no settings header; remove the file or use '
+                                    'another out_dir') from err
+    if recorded != settings:
+        keys = sorted(k for k in set(recorded) | set(settings)
+                      if recorded.get(k) != settings.get(k))
+        diffs = '; '.join(f'{k}: recorded {recorded.get(k)!r}, now {settings.get(k)!r}'
+                          for k in keys)
+        raise SettingsMismatchError(f'{path} was written with other settings ({diffs}); resume '
+                                    'with the same settings, or use another out_dir')
+    done, good = {}, [lines[0]]
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+            done[(int(rec['index']), int(rec['seed']))] = rec
+            good.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(good) != len(lines) or not path.read_text().endswith('\n'):
+        path.write_text('\n'.join(good) + '\n')
+    return done
+
+
+class _Progress:
+    """``done/total`` with throughput and ETA, one line per batch."""
+
+    def __init__(self, total: int, done: int, log: Callable[[str], None]) -> None:
+        self.total, self.done, self.log = total, done, log
+        self.start, self.new = time.perf_counter(), 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.new += n
+        elapsed = time.perf_counter() - self.start
+        rate = self.new / max(elapsed, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float('inf')
+        self.log(f'[benchmark] {self.done}/{self.total} samples, {rate:.2f}/s, '
+                 f'elapsed {elapsed:.0f}s, ETA {eta:.0f}s')
+
+
+def _write_grid(out_dir: Path, grid_jobs: list[tuple[int, int]]) -> None:
+    """``grid.png`` from the saved ``samples/`` of the first jobs (those present so far)."""
+    from PIL import Image
+    from torchvision.transforms.functional import to_tensor
+    from torchvision.utils import make_grid, save_image
+
+    files = [out_dir / 'samples' / f'{i:05d}_seed{s}.png' for i, s in grid_jobs]
+    images = [to_tensor(Image.open(f).convert('RGB')) for f in files if f.exists()]
+    if images:
+        save_image(make_grid(images, nrow=min(4, len(images))), out_dir / 'grid.png')
+
+
+def _score_batch(scorers: Mapping[str, Any], images: Tensor, texts: list[str],
+                 metas: list[dict]) -> dict[str, list[float | None]]:
+    out = {}
+    with torch.no_grad():
+        for name, scorer in scorers.items():
+            s = scorer(images, texts, metas).detach().double().cpu()
+            if s.shape != (len(texts),):
+                raise ValueError(f'reward {name!r} returned shape {tuple(s.shape)}, expected '
+                                 f'({len(texts)},)')
+            out[name] = [float(v) if np.isfinite(v) else None for v in s.tolist()]
+    return out
+
+
+def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Sequence[dict],
+                  out_dir: str | Path, *, seeds: Sequence[int] = (42,), batch_size: int = 8,
+                  settings: Mapping[str, Any] | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """Generate and score every (prompt, seed), resumably; write the metrics; return them.
+
+    Args:
+        generate: ``generate(prompts, seed) -> (B, 3, H, W)`` images in [0, 1]; one seed per call.
+            For a resumed run to reproduce an uninterrupted one exactly, each image should depend
+            on its (prompt, seed) only, not on the rest of the batch.
+        scorers: ``{name: RewardScorer}``; called as ``scorer(images, prompts, metadata)``.
+        prompts: ``[{'prompt': str, 'metadata': dict}, ...]``, the full prompt set.
+        out_dir: where ``scores.jsonl``, ``metrics.json``, ``samples/`` and ``grid.png`` go.
+        seeds: every prompt is generated once per seed.
+        batch_size: prompts per ``generate`` call; recorded with the settings.
+        settings: the fixed sampling settings (steps, cfg scale, resolution, checkpoint, ...),
+            recorded in ``scores.jsonl`` and ``metrics.json`` together with the seeds, batch
+            size, reward names and a hash of the prompt texts; a resume must match them all.
+        log: progress-line sink (default: stderr).
+
+    Returns:
+        ``{reward: summarize(...), '_settings': {...}}`` as written to ``metrics.json``.
+    """
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f'seeds must be non-empty and distinct, got {list(seeds)}')
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_settings = _run_settings(settings or {}, seeds, batch_size, scorers, prompts)
+    scores_path = out_dir / SCORES_FILE
+    done = _load_scores(scores_path, run_settings)
+
+    jobs = [(i, s) for s in seeds for i in range(len(prompts))]
+    grid_jobs = jobs[:GRID_SIZE]
+    progress = _Progress(len(jobs), sum(job in done for job in jobs), log)
+    for seed in seeds:
+        pending = [i for i in range(len(prompts)) if (i, seed) not in done]
+        for start in range(0, len(pending), batch_size):
+            idx = pending[start:start + batch_size]
+            texts = [prompts[i]['prompt'] for i in idx]
+            metas = [dict(prompts[i].get('metadata') or {}) for i in idx]
+            images = generate(texts, seed).detach().float().clamp(0, 1).cpu()
+            if images.ndim != 4 or images.shape[0] != len(idx) or images.shape[1] != 3:
+                raise ValueError(f'generate returned shape {tuple(images.shape)}, expected '
+                                 f'({len(idx)}, 3, H, W)')
+            scores = _score_batch(scorers, images, texts, metas)
+            _save_grid_samples(out_dir, images, idx, seed, grid_jobs)
+            with scores_path.open('a') as f:
+                for k, i in enumerate(idx):
+                    rec = dict(index=i, seed=seed, prompt=texts[k],
+                               scores={name: v[k] for name, v in scores.items()})
+                    done[(i, seed)] = rec
+                    f.write(json.dumps(rec) + '\n')
+            progress.update(len(idx))
+
+    records = [done[job] for job in jobs]  # job order, so the bootstrap is order-stable
+    metrics = {name: summarize([r['scores'].get(name) for r in records]) for name in scorers}
+    metrics['_settings'] = run_settings
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + '\n')
+    return metrics
+
+
+def _save_grid_samples(out_dir: Path, images: Tensor, idx: list[int], seed: int,
+                       grid_jobs: list[tuple[int, int]]) -> None:
+    from torchvision.utils import save_image
+
+    wanted = set(grid_jobs)
+    hits = [(k, i) for k, i in enumerate(idx) if (i, seed) in wanted]
+    if not hits:
+        return
+    (out_dir / 'samples').mkdir(exist_ok=True)
+    for k, i in hits:
+        save_image(images[k], out_dir / 'samples' / f'{i:05d}_seed{seed}.png')
+    _write_grid(out_dir, grid_jobs)
+
+
+def compare_methods(results: Mapping[str, Mapping[str, Any]],
+                    out_dir: str | Path | None = None) -> tuple[str, str]:
+    """One row per method: markdown ``mean ± half CI width`` per reward, and a numeric CSV.
+
+    Args:
+        results: ``{method: metrics}`` (``metrics.json`` contents, or a path to one).
+        out_dir: if given, ``comparison.md`` and ``comparison.csv`` are written there.
+
+    Returns:
+        ``(markdown, csv)``. A reward a method lacks shows as ``-`` (markdown) / empty (CSV).
+    """
+    loaded = {m: json.loads(Path(r).read_text()) if isinstance(r, str | Path) else r
+              for m, r in results.items()}
+    rewards: list[str] = []
+    for metrics in loaded.values():
+        rewards += [k for k in metrics if not k.startswith('_') and k not in rewards]
+
+    md = ['| method | ' + ' | '.join(rewards) + ' |', '|---' * (len(rewards) + 1) + '|']
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator='\n')
+    fields = ('mean', 'std', 'ci_low', 'ci_high', 'count')
+    writer.writerow(['method'] + [f'{r}_{f}' for r in rewards for f in fields])
+    for method, metrics in loaded.items():
+        cells, row = [], [method]
+        for r in rewards:
+            s = metrics.get(r)
+            if s is None:
+                cells.append('-')
+                row += [''] * len(fields)
+                continue
+            half = (s['ci_high'] - s['ci_low']) / 2
+            cells.append(f"{s['mean']:.4f} ± {half:.4f}")
+            row += [s[f] for f in fields]
+        md.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+        writer.writerow(row)
+    table, table_csv = '\n'.join(md) + '\n', buf.getvalue()
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / 'comparison.md').write_text(table)
+        (out_dir / 'comparison.csv').write_text(table_csv)
+    return table, table_csv
+
+
+__all__ = ['INVALID_SENTINEL', 'SettingsMismatchError', 'bootstrap_ci', 'compare_methods',
+           'run_benchmark', 'summarize', 'valid_scores']
