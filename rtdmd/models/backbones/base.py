@@ -22,6 +22,16 @@ Condition = dict[str, Any]
 ROLES = ('teacher', 'generator', 'fake_score')
 
 
+def condition_batch_size(cond: Condition) -> int:
+    """Batch size of an encoded condition: the first tensor's (or list's) leading size."""
+    for value in cond.values():
+        if isinstance(value, Tensor):
+            return value.shape[0]
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    raise ValueError('cannot infer the batch size of an empty condition')
+
+
 class Backbone(nn.Module):
     """Base class of every backbone; subclasses implement the ``_velocity`` forward."""
 

@@ -28,7 +28,7 @@ from rtdmd.models.lora import (
     stack_under_fresh_lora,
 )
 
-from .base import Backbone, Condition
+from .base import Backbone, Condition, condition_batch_size
 from .pretrained import check_pretrained_dir, resolve_weights_path
 
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
@@ -104,7 +104,7 @@ class DiffusersBackbone(Backbone):
         """The empty prompt's condition, encoded once and repeated to the batch size."""
         if self._null_cache is None:
             self._null_cache = self.encode_prompts([''])
-        batch = _batch_size(cond)
+        batch = condition_batch_size(cond)
         return {k: (v.expand(batch, *v.shape[1:]) if isinstance(v, Tensor) and v.shape[0] == 1
                     else v) for k, v in self._null_cache.items()}
 
@@ -141,10 +141,3 @@ def _drop_frozen_base(module: nn.Module, state: dict, prefix: str, local_metadat
             del state[key]
         elif not rel.startswith(('generator.', 'fake_score.')):
             del state[key]  # text encoders, VAE: frozen, reloaded from `pretrained`
-
-
-def _batch_size(cond: Condition) -> int:
-    for value in cond.values():
-        if isinstance(value, Tensor):
-            return value.shape[0]
-    raise ValueError('cannot infer the batch size of the condition')

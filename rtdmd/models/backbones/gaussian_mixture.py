@@ -73,28 +73,28 @@ class GaussianMixtureTeacher(nn.Module):
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def posterior(self, x: Tensor, sigma: Tensor, class_ids: Tensor
-                    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Responsibilities ``(B, K)``, centred ``x - (1 - sigma) mu_k`` ``(B, K, d)``, ``v_k``."""
-        x64 = x.double()
+    def _log_joint(self, x: Tensor, sigma: Tensor | float, class_ids: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+        """``log w_ck + log N(x; (1 - sigma) mu_k, v_k I)`` ``(B, K)`` in float64, with the
+        centred ``x - (1 - sigma) mu_k`` ``(B, K, d)`` and ``v_k = (1 - sigma)^2 s_k^2 + sigma^2``
+        ``(B, K)``."""
+        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
         sig = sigma.double().reshape(-1, 1)                              # (B, 1)
         means, var0 = self.means.double(), self.stds.double().pow(2)     # (K, d), (K,)
         var = (1 - sig).pow(2) * var0 + sig.pow(2)                        # (B, K)
-        centred = x64[:, None, :] - (1 - sig)[:, :, None] * means[None]  # (B, K, d)
-        d = x.shape[1]
-        log_n = -0.5 * (centred.pow(2).sum(-1) / var + d * torch.log(2 * torch.pi * var))
-        log_w = torch.log(self.weights.double()[class_ids])               # (B, K)
-        resp = torch.softmax(log_w + log_n, dim=1)
-        return resp, centred, var
+        centred = x.double()[:, None, :] - (1 - sig)[:, :, None] * means[None]  # (B, K, d)
+        log_n = -0.5 * (centred.pow(2).sum(-1) / var + x.shape[1] * torch.log(2 * torch.pi * var))
+        return torch.log(self.weights.double()[class_ids]) + log_n, centred, var
+
+    def posterior(self, x: Tensor, sigma: Tensor | float, class_ids: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """Responsibilities ``(B, K)``, centred ``x - (1 - sigma) mu_k`` ``(B, K, d)``, ``v_k``."""
+        log_joint, centred, var = self._log_joint(x, sigma, class_ids)
+        return torch.softmax(log_joint, dim=1), centred, var
 
     def log_prob(self, x: Tensor, sigma: Tensor | float, class_ids: Tensor) -> Tensor:
         """``log p_sigma(x | c)``, ``(B,)`` in float64."""
-        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
-        sig = sigma.double().reshape(-1, 1)
-        var = (1 - sig).pow(2) * self.stds.double().pow(2) + sig.pow(2)
-        centred = x.double()[:, None, :] - (1 - sig)[:, :, None] * self.means.double()[None]
-        log_n = -0.5 * (centred.pow(2).sum(-1) / var + x.shape[1] * torch.log(2 * torch.pi * var))
-        return torch.logsumexp(torch.log(self.weights.double()[class_ids]) + log_n, dim=1)
+        return torch.logsumexp(self._log_joint(x, sigma, class_ids)[0], dim=1)
 
     def forward(self, x: Tensor, sigma: Tensor, class_ids: Tensor) -> Tensor:
         """Exact velocity ``E[eps - x0 | x_sigma = x, c]``.

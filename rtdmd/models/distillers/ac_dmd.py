@@ -81,19 +81,14 @@ class ACDMDDistiller(DistillerBase):
     def fake_score_losses(self, cond: Condition, step: int) -> dict[str, Tensor]:
         """Fake-score terms on a fresh no-grad random-stop rollout of the online generator."""
         shared, local = self.streams(step, 'fake')
-        with torch.no_grad():
-            ro = self.sampler.rollout(self.backbone, cond, self.initial_noise(cond, local),
-                                      stop=self.draw_stop(shared, self.random_stop),
-                                      generator=local)
+        ro = self.fresh_rollout(cond, shared, local, random_stop=self.random_stop)
         x_s, s = self.matching_point(ro)
         return self.matching.fake_losses(self.backbone, cond, x_s, s, shared, local)
 
     def generator_losses(self, cond: Condition, step: int) -> dict[str, Tensor]:
         """DMD on the sub-interval of the last executed step of a fresh rollout."""
         shared, local = self.streams(step, 'generator')
-        ro = self.sampler.rollout(self.backbone, cond, self.initial_noise(cond, local),
-                                  stop=self.draw_stop(shared, self.random_stop), grad_last=True,
-                                  generator=local)
+        ro = self.fresh_rollout(cond, shared, local, grad_last=True, random_stop=self.random_stop)
         x_s, s = self.matching_point(ro)
         return {'loss_dmd': self.matching.generator_loss(self.backbone, cond, x_s, s, shared,
                                                          local)}

@@ -12,8 +12,8 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor
 
-from rtdmd.models.backbones.base import Backbone, Condition
-from rtdmd.models.samplers.cps import CPSSampler
+from rtdmd.models.backbones.base import Backbone, Condition, condition_batch_size
+from rtdmd.models.samplers.cps import CPSSampler, Rollout
 from rtdmd.registry import MODELS, SAMPLERS
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from rtdmd.utils.rng import stream, stream_seed
@@ -50,8 +50,16 @@ class DistillerBase(BaseModel):
         return int(torch.randint(1, self.sampler.num_steps + 1, (1,), generator=shared,
                                  device=shared.device))
 
+    def fresh_rollout(self, cond: Condition, shared: torch.Generator, local: torch.Generator,
+                      grad_last: bool = False, random_stop: bool = True) -> Rollout:
+        """A new generator rollout from fresh noise, stopped at a (shared) random step count;
+        only the last executed step keeps its graph, and only with ``grad_last``."""
+        return self.sampler.rollout(self.backbone, cond, self.initial_noise(cond, local),
+                                    stop=self.draw_stop(shared, random_stop),
+                                    grad_last=grad_last, generator=local)
+
     def initial_noise(self, cond: Condition, generator: torch.Generator) -> Tensor:
-        batch = _batch_size(cond)
+        batch = condition_batch_size(cond)
         return torch.randn((batch, *self.backbone.latent_shape()), generator=generator,
                            device=self.iteration.device)
 
@@ -94,14 +102,6 @@ class DistillerBase(BaseModel):
                 ) -> Any:
         raise RuntimeError('distillers are driven through train_step / val_step / test_step')
 
-
-def _batch_size(cond: Condition) -> int:
-    for value in cond.values():
-        if isinstance(value, Tensor):
-            return value.shape[0]
-        if isinstance(value, (list, tuple)):
-            return len(value)
-    raise ValueError('cannot infer the batch size of an empty condition')
 
 
 def item(prompts: Sequence[Any] | Tensor, i: int) -> Any:

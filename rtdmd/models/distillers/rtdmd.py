@@ -161,9 +161,7 @@ class RTDMDDistiller(DistillerBase):
     def _fake_losses(self, cond: Condition, ro: Rollout, epoch: int) -> dict[str, Tensor]:
         shared, local = self.streams(epoch, 'fake')
         if self.dm_layout == 'random_stop':  # track the generator at every sub-interval
-            with torch.no_grad():
-                ro = self.sampler.rollout(self.backbone, cond, self.initial_noise(cond, local),
-                                          stop=self.draw_stop(shared), generator=local)
+            ro = self.fresh_rollout(cond, shared, local)
             return self.matching.fake_losses(self.backbone, cond, ro.x_s, ro.s, shared, local)
         zeros = torch.zeros_like(ro.s)
         return self.matching.fake_losses(self.backbone, cond, ro.sample, zeros, shared, local)
@@ -229,6 +227,5 @@ class RTDMDDistiller(DistillerBase):
     def _random_stop_dm(self, cond: Condition, shared: torch.Generator,
                         local: torch.Generator) -> Tensor:
         """Stage 1's sub-interval DM on a fresh random-stop rollout with grad on its last step."""
-        ro = self.sampler.rollout(self.backbone, cond, self.initial_noise(cond, local),
-                                  stop=self.draw_stop(shared), grad_last=True, generator=local)
+        ro = self.fresh_rollout(cond, shared, local, grad_last=True)
         return self.matching.generator_loss(self.backbone, cond, ro.x_s, ro.s, shared, local)
