@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
-from rtdmd.rewards.toy import LinearReward, ModeReward, QuadraticReward
+from rtdmd.rewards.toy import LinearReward, QuadraticReward
 
 MAX_REJECTION_POOL = 20_000_000  # teacher proposals per class before the sampler gives up
 
@@ -103,13 +103,9 @@ def tilted_mixture(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | No
 
 
 def reward_upper_bound(reward: torch.nn.Module) -> float | None:
-    """A finite ``sup r`` if known: ``reward.upper_bound``, else a ModeReward's max value."""
+    """A finite ``sup r`` if the reward declares one (``RewardScorer.upper_bound``)."""
     bound = getattr(reward, 'upper_bound', None)
-    if bound is not None:
-        return float(bound() if callable(bound) else bound)
-    if isinstance(reward, ModeReward):
-        return float(reward.values.max())
-    return None
+    return None if bound is None else float(bound)
 
 
 def _mixture_draw(means: Tensor, stds: Tensor, log_w_row: Tensor, u: Tensor, z: Tensor

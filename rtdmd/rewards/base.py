@@ -15,9 +15,12 @@ class RewardScorer(nn.Module):
         differentiable: whether gradients of the reward w.r.t. the samples are meaningful, i.e.
             whether reward back-propagation may use it (the GRPO path may use any reward).
         name: key under which the reward is logged.
+        upper_bound: ``sup r`` when it is finite and known (``None`` otherwise); exact
+            tilted sampling by rejection needs it.
     """
 
     differentiable: bool = False
+    upper_bound: float | None = None
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__()

@@ -62,6 +62,10 @@ class ModeReward(RewardScorer):
         self.register_buffer('values', values_t)
         self.register_buffer('means', means_t)
 
+    @property
+    def upper_bound(self) -> float:
+        return float(self.values.max())
+
     def forward(self, samples: Tensor, prompts: Any = None, metadata: Any = None) -> Tensor:
         nearest = torch.cdist(samples.float(), self.means).argmin(dim=1)
         return self.values[nearest]

@@ -29,6 +29,7 @@ def test_mode_reward_is_piecewise_constant_by_nearest_mean() -> None:
     x = torch.tensor([[-3.0, 5.0], [0.2, -1.0], [0.9, 0.0]])
     torch.testing.assert_close(reward(x, None), torch.tensor([0.1, 0.9, 0.9]))
     assert not reward.differentiable
+    assert reward.upper_bound == pytest.approx(0.9)  # what exact tilted sampling needs
 
 
 def test_mode_reward_needs_one_value_per_mode() -> None:
