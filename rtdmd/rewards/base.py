@@ -7,6 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+#: Key of the reward itself in :meth:`RewardScorer.score_details`.
+MAIN_SCORE = ''
+
 
 class RewardScorer(nn.Module):
     """``scorer(samples, prompts, metadata=None) -> (B,)`` rewards.
@@ -29,3 +32,14 @@ class RewardScorer(nn.Module):
     def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
                 metadata: Sequence[dict] | None = None) -> Tensor:
         raise NotImplementedError
+
+    def score_details(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
+                      metadata: Sequence[dict] | None = None) -> dict[str, Tensor]:
+        """The reward and any extra per-sample figures the scorer reports, in one pass.
+
+        Returns ``{MAIN_SCORE: (B,) reward, key: (B,) figure, ...}``; the benchmark harness
+        reports an extra figure as ``<reward name>/<key>``. A NaN in an extra figure means "does
+        not apply to this sample" (e.g. a per-tag accuracy for a prompt of another tag) and is
+        left out of that figure's statistics. The default has the reward only.
+        """
+        return {MAIN_SCORE: self(samples, prompts, metadata)}
