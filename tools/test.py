@@ -1,6 +1,17 @@
-"""Evaluate a model and write ``metrics.json`` into the work dir.
+"""Evaluate a model: its config's own test (``metrics.json``), or the benchmark harness.
 
     python tools/test.py CONFIG [--checkpoint CKPT] [--work-dir DIR] [--cfg-options k=v ...]
+
+Benchmarks (image models; the suites and rewards are the config's ``benchmark`` section):
+
+    python tools/test.py CONFIG --benchmarks [SUITE ...|all] [--checkpoint CKPT]
+        [--models student teacher pipeline] [--pipeline DIR] [--stage NAME] [--no-ema]
+        [--teacher-steps N] [--teacher-guidance G] [--seeds 42 43 ...] [--max-prompts N]
+        [--batch-size B] [--name KIND=NAME ...] [--compare NAME=DIR ...] [--out DIR]
+
+Each method's scores, metrics (mean, std, 95% bootstrap interval, count) and image grids go
+under ``<work_dir>/benchmarks/<method>/<suite>/``; ``results.md`` / ``results.csv`` there put
+every evaluated method side by side. An interrupted evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +38,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'else its test/ folder)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    bench = parser.add_argument_group('benchmarks')
+    bench.add_argument('--benchmarks', nargs='*', metavar='SUITE',
+                       help='run the benchmark harness on these suites of the config\'s '
+                       'benchmark section (none named: its default_suites; "all": every suite)')
+    bench.add_argument('--models', nargs='+', choices=['student', 'teacher', 'pipeline'],
+                       help='what to evaluate (default: student, or pipeline with --pipeline)')
+    bench.add_argument('--pipeline', help='a folder written by tools/export.py')
+    bench.add_argument('--stage', help='for a config with stages: the stage evaluated '
+                       '(default: the last)')
+    bench.add_argument('--no-ema', action='store_true',
+                       help='sample with the live generator weights instead of their EMA')
+    bench.add_argument('--teacher-steps', type=int, help='Euler steps of the teacher')
+    bench.add_argument('--teacher-guidance', type=float, help='CFG scale of the teacher')
+    bench.add_argument('--seeds', type=int, nargs='+', help='run seeds (default: the config\'s)')
+    bench.add_argument('--max-prompts', type=int,
+                       help='first N prompts of each suite (default: all; the release used 64)')
+    bench.add_argument('--batch-size', type=int, help='prompts per generation batch')
+    bench.add_argument('--name', nargs='+', default=[], metavar='KIND=NAME',
+                       help='method names in the results table, e.g. student=rtdmd_iter1000')
+    bench.add_argument('--compare', nargs='+', default=[], metavar='NAME=DIR',
+                       help='earlier method folders (or metrics.json) to add to the table')
+    bench.add_argument('--out', help='results folder (default: <work_dir>/benchmarks)')
+    bench.add_argument('--device', help='default: cuda when available, else cpu')
     return parser.parse_args(argv)
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key or not value:
+            sys.exit(f'error: {flag} takes KEY=VALUE pairs, got {item!r}')
+        pairs[key] = value
+    return pairs
+
+
+def benchmark_request(args: argparse.Namespace):
+    from rtdmd.engine.benchmarking import BenchmarkRequest
+
+    models = args.models or (['pipeline'] if args.pipeline else ['student'])
+    req = BenchmarkRequest(
+        suites=list(args.benchmarks), models=models, checkpoint=args.checkpoint,
+        pipeline=args.pipeline, stage=args.stage, use_ema=not args.no_ema,
+        teacher_steps=args.teacher_steps, teacher_guidance=args.teacher_guidance,
+        seeds=args.seeds, batch_size=args.batch_size, max_prompts=args.max_prompts,
+        method_names=_pairs(args.name, '--name'), compare=_pairs(args.compare, '--compare'),
+        out_root=args.out)
+    if args.device:
+        req.device = args.device
+    return req
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +107,21 @@ def main(argv: list[str] | None = None) -> None:
         check_stage_options(cfg, args.cfg_options)
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
+    if args.benchmarks is not None:
+        if args.launcher != 'none':
+            sys.exit('error: the benchmark harness runs in one process; split a long evaluation '
+                     'with --max-prompts or run one suite per job')
+        from rtdmd.engine.benchmarking import check_request, run_benchmarks
+        from rtdmd.models.backbones.pretrained import MissingWeightsError
+        from rtdmd.rewards.weights import MissingRewardWeightsError
+        req = benchmark_request(args)
+        try:
+            check_request(cfg, req)
+            run_benchmarks(cfg, req, args.cfg_options)
+        except (MissingWeightsError, MissingRewardWeightsError, FileNotFoundError,
+                ValueError) as err:
+            sys.exit(f'error: {err}')
+        return
     init_distributed(args.launcher)
 
     from rtdmd.engine.pipeline import run_test

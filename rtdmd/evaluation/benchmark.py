@@ -1,8 +1,10 @@
 """Benchmark harness: generate images for a prompt set, score them, summarise, compare methods.
 
 ``run_benchmark`` evaluates one generator (a checkpoint, an exported pipeline or the teacher at N
-steps with CFG: anything behind ``generate(prompts, seed) -> images``) on one prompt set with
-several seeds and reward scorers. It writes, under ``out_dir``:
+steps with CFG: anything behind ``generate(prompts, sample_seeds) -> images``, see
+:mod:`rtdmd.evaluation.generators`) on one prompt set with several seeds and reward scorers.
+Sample ``(index, seed)`` gets its own seed ``sample_seed(seed, index)``, recorded with its
+scores, so its image does not depend on the batch it was generated in. It writes, under ``out_dir``:
 
 - ``scores.jsonl``: a header line ``{"_settings": ...}`` then one line per (prompt index, seed)
   with every reward. Appended batch by batch, so an interrupted run resumes where it stopped;
@@ -34,12 +36,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rtdmd.utils.rng import stream_seed
+
 INVALID_SENTINEL = -10.0
 GRID_SIZE = 16
 SCORES_FILE = 'scores.jsonl'
 METRICS_FILE = 'metrics.json'
 
-Generate = Callable[[list[str], int], Tensor]
+Generate = Callable[[list[str], list[int]], Tensor]
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The generation seed of prompt ``index`` under run seed ``seed``."""
+    return stream_seed('benchmark', seed, index)
 
 
 class SettingsMismatchError(ValueError):
@@ -172,14 +181,19 @@ def _write_grid(out_dir: Path, grid_jobs: list[tuple[int, int]]) -> None:
 
 def _score_batch(scorers: Mapping[str, Any], images: Tensor, texts: list[str],
                  metas: list[dict]) -> dict[str, list[float | None]]:
+    """``{reward name (or name/extra figure): per-sample scores}``; non-finite -> ``None``."""
     out = {}
     with torch.no_grad():
         for name, scorer in scorers.items():
-            s = scorer(images, texts, metas).detach().double().cpu()
-            if s.shape != (len(texts),):
-                raise ValueError(f'reward {name!r} returned shape {tuple(s.shape)}, expected '
-                                 f'({len(texts)},)')
-            out[name] = [float(v) if np.isfinite(v) else None for v in s.tolist()]
+            details = (scorer.score_details(images, texts, metas)
+                       if hasattr(scorer, 'score_details') else {'': scorer(images, texts, metas)})
+            for key, s in details.items():
+                full = f'{name}/{key}' if key else name
+                s = s.detach().double().cpu()
+                if s.shape != (len(texts),):
+                    raise ValueError(f'reward {full!r} returned shape {tuple(s.shape)}, '
+                                     f'expected ({len(texts)},)')
+                out[full] = [float(v) if np.isfinite(v) else None for v in s.tolist()]
     return out
 
 
@@ -190,9 +204,9 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
     """Generate and score every (prompt, seed), resumably; write the metrics; return them.
 
     Args:
-        generate: ``generate(prompts, seed) -> (B, 3, H, W)`` images in [0, 1]; one seed per call.
-            For a resumed run to reproduce an uninterrupted one exactly, each image should depend
-            on its (prompt, seed) only, not on the rest of the batch.
+        generate: ``generate(prompts, sample_seeds) -> (B, 3, H, W)`` images in [0, 1], one
+            seed per prompt (:func:`sample_seed`). For a resumed run to reproduce an
+            uninterrupted one exactly, each image must depend on its prompt and seed only.
         scorers: ``{name: RewardScorer}``; called as ``scorer(images, prompts, metadata)``.
         prompts: ``[{'prompt': str, 'metadata': dict}, ...]``, the full prompt set.
         out_dir: where ``scores.jsonl``, ``metrics.json``, ``samples/`` and ``grid.png`` go.
@@ -226,7 +240,8 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
             idx = pending[start:start + batch_size]
             texts = [prompts[i]['prompt'] for i in idx]
             metas = [dict(prompts[i].get('metadata') or {}) for i in idx]
-            images = generate(texts, seed).detach().float().clamp(0, 1).cpu()
+            seeds_i = [sample_seed(seed, i) for i in idx]
+            images = generate(texts, seeds_i).detach().float().clamp(0, 1).cpu()
             if images.ndim != 4 or images.shape[0] != len(idx) or images.shape[1] != 3:
                 raise ValueError(f'generate returned shape {tuple(images.shape)}, expected '
                                  f'({len(idx)}, 3, H, W)')
@@ -234,14 +249,15 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
             _save_grid_samples(out_dir, images, idx, seed, grid_jobs)
             with scores_path.open('a') as f:
                 for k, i in enumerate(idx):
-                    rec = dict(index=i, seed=seed, prompt=texts[k],
+                    rec = dict(index=i, seed=seed, sample_seed=seeds_i[k], prompt=texts[k],
                                scores={name: v[k] for name, v in scores.items()})
                     done[(i, seed)] = rec
                     f.write(json.dumps(rec) + '\n')
             progress.update(len(idx))
 
     records = [done[job] for job in jobs]  # job order, so the bootstrap is order-stable
-    metrics = {name: summarize([r['scores'].get(name) for r in records]) for name in scorers}
+    names = list(dict.fromkeys(k for r in records for k in r['scores']))
+    metrics = {name: summarize([r['scores'].get(name) for r in records]) for name in names}
     metrics['_settings'] = run_settings
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + '\n')
     return metrics
@@ -306,4 +322,4 @@ def compare_methods(results: Mapping[str, Mapping[str, Any]],
 
 
 __all__ = ['INVALID_SENTINEL', 'SettingsMismatchError', 'bootstrap_ci', 'compare_methods',
-           'run_benchmark', 'summarize', 'valid_scores']
+           'run_benchmark', 'sample_seed', 'summarize', 'valid_scores']

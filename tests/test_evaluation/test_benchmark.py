@@ -73,14 +73,14 @@ class CountingGenerator:
     def __init__(self, fail_on_call: int | None = None) -> None:
         self.calls, self.prompts_generated, self.fail_on_call = 0, 0, fail_on_call
 
-    def __call__(self, prompts: list[str], seed: int) -> torch.Tensor:
+    def __call__(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise KeyboardInterrupt('interrupted')
         self.prompts_generated += len(prompts)
         out = []
-        for p in prompts:
-            g = torch.Generator().manual_seed(zlib.crc32(p.encode()) * 1000 + seed)
+        for p, seed in zip(prompts, seeds, strict=True):
+            g = torch.Generator().manual_seed((zlib.crc32(p.encode()) * 1000 + seed) % 2**63)
             out.append(torch.rand(3, 32, 32, generator=g))
         return torch.stack(out)
 

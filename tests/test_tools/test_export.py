@@ -26,6 +26,7 @@ from rtdmd.models.samplers import CPSSampler
 from rtdmd.models.samplers.cps_scheduler import CPSScheduler
 from rtdmd.utils.config import load_config
 from tests.conftest import REPO
+from tests.fixtures.backbone_utils import train_like_checkpoint
 
 PROMPTS = ['a photo of a red car', 'two dogs']
 RANK, ALPHA = 4, 8
@@ -108,22 +109,6 @@ def _export_tool():
     return module
 
 
-def _train_like_checkpoint(cfg, path: Path) -> dict[str, Tensor]:
-    """A checkpoint as training writes it: LoRA-only state dict, EMA of the generator's LoRA."""
-    from rtdmd.registry import MODELS
-
-    model = MODELS.build(cfg.model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.backbone.parameters():
-            if param.requires_grad:  # B starts at 0: make every LoRA non-zero
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
-    ema = {n: p.detach() + 0.1 * torch.randn(p.shape, generator=gen)
-           for n, p in model.backbone.generator.named_parameters() if p.requires_grad}
-    torch.save({'state_dict': model.state_dict(), 'ema_state': ema, 'meta': {}}, path)
-    return ema
-
-
 @pytest.fixture(scope='module', params=sorted(FAMILIES))
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     family = FAMILIES[request.param]
@@ -141,7 +126,7 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     config.write_text(CONFIG.format(repo=REPO, backbone=backbone))
     cfg = load_config(str(config))
     ckpt = root / 'iter_2.pth'
-    ema = _train_like_checkpoint(cfg, ckpt)
+    ema = train_like_checkpoint(cfg, ckpt)
     out = root / 'exported'
     # tools/export.py's main, in this process (a subprocess would add ~10 s of imports).
     _export_tool().main([str(config), '--checkpoint', str(ckpt), '--out', str(out)])
