@@ -5,6 +5,7 @@ from .base import RewardScorer
 from .clip_score import CLIPScore
 from .geneval2 import GenEval2Reward
 from .hps_v2 import HPSv2
+from .hps_v3 import HPSv3
 from .image_reward import ImageReward
 from .image_stats import ImageBrightnessReward
 from .imagenet_classifier import ImageNetClassifierReward
@@ -14,7 +15,7 @@ from .pick_score import PickScore
 from .toy import LinearReward, ModeReward, QuadraticReward
 
 __all__ = [
-    'AestheticScore', 'CLIPScore', 'GenEval2Reward', 'HPSv2', 'ImageBrightnessReward',
+    'AestheticScore', 'CLIPScore', 'GenEval2Reward', 'HPSv2', 'HPSv3', 'ImageBrightnessReward',
     'ImageNetClassifierReward', 'ImageReward', 'LinearReward', 'ModeReward', 'MultiReward',
     'OCRReward', 'PickScore', 'QuadraticReward', 'RewardScorer',
 ]
