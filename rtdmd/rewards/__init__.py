@@ -3,6 +3,7 @@
 from .aesthetic import AestheticScore
 from .base import RewardScorer
 from .clip_score import CLIPScore
+from .geneval import GenEvalReward
 from .geneval2 import GenEval2Reward
 from .hps_v2 import HPSv2
 from .hps_v3 import HPSv3
@@ -15,7 +16,7 @@ from .pick_score import PickScore
 from .toy import LinearReward, ModeReward, QuadraticReward
 
 __all__ = [
-    'AestheticScore', 'CLIPScore', 'GenEval2Reward', 'HPSv2', 'HPSv3', 'ImageBrightnessReward',
-    'ImageNetClassifierReward', 'ImageReward', 'LinearReward', 'ModeReward', 'MultiReward',
-    'OCRReward', 'PickScore', 'QuadraticReward', 'RewardScorer',
+    'AestheticScore', 'CLIPScore', 'GenEval2Reward', 'GenEvalReward', 'HPSv2', 'HPSv3',
+    'ImageBrightnessReward', 'ImageNetClassifierReward', 'ImageReward', 'LinearReward',
+    'ModeReward', 'MultiReward', 'OCRReward', 'PickScore', 'QuadraticReward', 'RewardScorer',
 ]
