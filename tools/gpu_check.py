@@ -187,7 +187,8 @@ def check_model(model: str, args: argparse.Namespace, rows: list[dict]) -> None:
         run_stage(model, 'stage1', cfg, prompts, args, rows, save=lora)
         cfg = load_config(osp.join(REPO, 'configs/rtdmd', f'{config}.py'), {
             **common, 'stages': None, 'model.group_size': args.group_size,
-            'reward': dict(type='ImageBrightnessReward'), 'model.init_checkpoint': lora})
+            'train_rewards': {'_delete_': True, 'main': dict(scorer=dict(
+                type='ImageBrightnessReward'))}, 'model.init_checkpoint': lora})
         run_stage(model, 'stage2', cfg, prompts[:args.batch // args.group_size], args, rows, None)
 
 

@@ -2,6 +2,7 @@
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/flux1_dev.py',
     '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/pickscore_train.py',
+    '../_base_/evaluation/benchmarks.py',
 ]
 # Distilled guidance: the teacher's scale 3.5 goes to the guidance embedding in one forward pass;
 # generator and fake score run at guidance 1.0 (FluxBackbone.predict_velocity, pitfall 21).

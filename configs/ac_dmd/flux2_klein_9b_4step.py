@@ -3,6 +3,7 @@
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/flux2_klein_9b.py',
     '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/pickscore_train.py',
+    '../_base_/evaluation/benchmarks.py',
 ]
 model = dict(teacher_guidance=4.0)  # real CFG against the empty prompt (min = max)
 # lr 1e-6 for generator and fake score (not the base's 3e-5); EMA 0.99 every step (base).

@@ -2,6 +2,7 @@
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/sd35m.py',
     '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/pickscore_train.py',
+    '../_base_/evaluation/benchmarks.py',
 ]
 model = dict(teacher_guidance=4.5)  # real CFG against the empty prompt (min = max)
 # lr 3e-5 for generator and fake score, EMA 0.99 every step: the algorithm base's values.

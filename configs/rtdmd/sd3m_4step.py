@@ -5,14 +5,13 @@
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/sd3m.py',
     '../_base_/algorithms/rtdmd.py', '../_base_/datasets/geneval_train.py',
+    '../_base_/rewards/release_train.py', '../_base_/evaluation/benchmarks.py',
 ]
-# The release trains on {clipscore, hpsv2, pickscore, geneval} = 1 each. Those scorers are not in
-# rtdmd yet: a registered differentiable stand-in keeps GRPO and reward back-propagation running.
-reward = dict(type='ImageBrightnessReward')
 # K = 16 samples per prompt; teacher CFG 7.0 in the final-step AC-DMD term. Generator AdamW lr
 # 3e-6 wd 1e-4, fake score lr 3e-5, DM 1e-3, BP 1e-4 (margin 3), PPO clip 1e-5, consistency on,
 # EMA 0.9 every 8 steps: the algorithm base's values.
-model = dict(group_size=16, teacher_guidance=7.0, dm_layout='final_step')
+model = dict(group_size=16, teacher_guidance=7.0, dm_layout='final_step',
+             rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=3e-5)))
 # Prompts per GPU per epoch: 2 x 16 GPUs (FSDP hybrid in the release) = 32 prompts, 512 images.
 train_dataloader = dict(batch_size=2)

@@ -71,7 +71,10 @@ def test_stage2_hyperparameters() -> None:
     assert model.policy_loss.clip_low == model.policy_loss.clip_high == 1e-5
     assert dict(model.subgrpo) == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
-    assert model.rewards.main.scorer.type == 'ImageBrightnessReward'
+    # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)
+    assert {k: (v.scorer.type, v.weight) for k, v in model.rewards.items()} == {
+        'clipscore': ('CLIPScore', 1.0), 'hpsv2': ('HPSv2', 1.0),
+        'pickscore': ('PickScore', 1.0), 'geneval': ('GenEvalReward', 1.0)}
     generator = cfg.optim_wrapper.generator.optimizer
     assert generator.lr == 3e-6 and generator.weight_decay == 1e-4
     assert cfg.optim_wrapper.fake_score.optimizer.lr == 1e-6

@@ -85,7 +85,10 @@ def test_stage2_config_and_its_pipeline(name: str) -> None:
     assert model.consistency_loss.loss_weight == 0.01  # on for SD3-M and SD3.5-M
     assert model.subgrpo == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
-    assert model.rewards.main.scorer.type == 'ImageBrightnessReward'
+    # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)
+    assert {k: (v.scorer.type, v.weight) for k, v in model.rewards.items()} == {
+        'clipscore': ('CLIPScore', 1.0), 'hpsv2': ('HPSv2', 1.0),
+        'pickscore': ('PickScore', 1.0), 'geneval': ('GenEvalReward', 1.0)}
     generator, fake = cfg.optim_wrapper.generator, cfg.optim_wrapper.fake_score
     assert generator.optimizer.lr == 3e-6 and generator.optimizer.weight_decay == 1e-4
     assert fake.optimizer.lr == 3e-5 and generator.clip_grad.max_norm == 1.0

@@ -26,7 +26,7 @@ from rtdmd.models.samplers import CPSSampler
 from rtdmd.models.samplers.cps_scheduler import CPSScheduler
 from rtdmd.utils.config import load_config
 from tests.conftest import REPO
-from tests.fixtures.backbone_utils import train_like_checkpoint
+from tests.fixtures.backbone_utils import STANDIN_REWARDS, train_like_checkpoint
 
 PROMPTS = ['a photo of a red car', 'two dogs']
 RANK, ALPHA = 4, 8
@@ -319,7 +319,7 @@ def test_rtdmd_leaf_config_with_stages_exports_its_last_stage(tmp_path: Path) ->
     options = {'weights_root': str(tmp_path), 'backbone.resolution': 64,
                'backbone.dtype': 'float32', 'backbone.max_sequence_length': 16,
                'backbone.gradient_checkpointing': False, 'backbone.lora.rank': RANK,
-               'backbone.lora.alpha': ALPHA}
+               'backbone.lora.alpha': ALPHA, **STANDIN_REWARDS}
     stage_cfg = stage_to_export(load_config(str(config), options), None, options)
     assert 'stages' not in stage_cfg and stage_cfg.model.type == 'RTDMDDistiller'
     state = _stage2_checkpoint(stage_cfg, tmp_path / 'iter_1.pth')

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.fixtures.backbone_utils import STANDIN_REWARD_OPTIONS
 from tests.fixtures.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
 
 CONFIG = 'configs/rtdmd/flux1_dev_4step.py'
@@ -56,7 +57,7 @@ def test_ac_dmd_then_rtdmd_train_the_generator_lora(tmp_path: Path) -> None:
         '*:train_cfg.max_iters=2', '*:train_dataloader.batch_size=2',
         '*:train_dataloader.num_workers=0', '*:default_hooks.checkpoint.interval=1',
         '*:default_hooks.logger.interval=1', 'ac_dmd:model.fake_update_ratio=1',
-        'rtdmd:model.group_size=2')
+        'rtdmd:model.group_size=2', *STANDIN_REWARD_OPTIONS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     for term in ('loss_fake_dsm', 'loss_consistency', 'loss_dmd', 'reward_main', 'loss_policy',

@@ -13,6 +13,7 @@ import torch
 
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from tests.conftest import REPO
+from tests.fixtures.backbone_utils import STANDIN_REWARD_OPTIONS
 from tests.fixtures.flux2 import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RESOLUTION,
@@ -31,7 +32,7 @@ TINY = [
     '*:train_dataloader.num_workers=0', '*:default_hooks.logger.interval=1',
     '*:default_hooks.checkpoint.interval=2',
     'ac_dmd:model.fake_update_ratio=1',  # a generator step in each of the two iterations
-    'rtdmd:model.group_size=2',
+    'rtdmd:model.group_size=2', *STANDIN_REWARD_OPTIONS,
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from tests.conftest import REPO
+from tests.fixtures.backbone_utils import STANDIN_REWARD_OPTIONS
 from tests.fixtures.sd3 import TINY_RESOLUTION, build_sd3_dir
 
 # Tiny geometry for both stages of the pipeline config: 2 prompts x group 2, 2 iterations, a
@@ -24,7 +25,7 @@ TINY_SD3_OPTIONS = [
     '*:train_cfg.max_iters=2', '*:default_hooks.checkpoint.interval=1',
     '*:default_hooks.logger.interval=1', '*:train_dataloader.batch_size=2',
     '*:train_dataloader.num_workers=0', 'ac_dmd:model.fake_update_ratio=1',
-    'rtdmd:model.group_size=2',
+    'rtdmd:model.group_size=2', *STANDIN_REWARD_OPTIONS,
 ]
 
 
@@ -106,8 +107,8 @@ def test_stage2_trains_with_a_weighted_multi_reward(tmp_path: Path) -> None:
     result = run_train([
         'configs/rtdmd/sd3m_4step.py', '--work-dir', str(work), '--cfg-options',
         f'weights_root={root}', *TINY_SD3_OPTIONS,
-        'rtdmd:model.rewards.cat.scorer.type=ImageNetClassifierReward',
-        'rtdmd:model.rewards.cat.scorer.class_index=281', 'rtdmd:model.rewards.cat.weight=0.5'])
+        'train_rewards.cat.scorer.type=ImageNetClassifierReward',
+        'train_rewards.cat.scorer.class_index=281', 'train_rewards.cat.weight=0.5'])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'reward_main' in log and 'reward_cat' in log and 'loss_bp' in log
