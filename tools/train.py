@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from rtdmd.engine.pipeline import run_training  # heavy imports after validation
     from rtdmd.models.backbones.pretrained import MissingWeightsError
+    from rtdmd.rewards.weights import MissingRewardWeightsError
     try:
         run_training(cfg, args.cfg_options)
-    except MissingWeightsError as err:  # the message says where the weights go
+    except (MissingWeightsError, MissingRewardWeightsError) as err:  # says where weights go
         sys.exit(f'error: {err}')
 
 

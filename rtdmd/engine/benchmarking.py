@@ -1,15 +1,16 @@
 """``tools/test.py --benchmarks``: evaluate a checkpoint, an exported pipeline or the teacher.
 
-Reward models are built first (a missing weight file stops the run before any backbone is
+Every reward's weight files are checked first (a missing one stops the run before any model is
 loaded); then each requested model is built in turn, evaluated on every chosen suite
-(:func:`rtdmd.evaluation.suites.evaluate_method`, resumable) and released; finally
+(:func:`rtdmd.evaluation.suites.evaluate_method`, resumable; a suite's reward models are built
+when its turn comes and released after, so memory holds one suite's rewards) and released;
+finally
 ``results.md`` / ``results.csv`` put every method evaluated under the same output folder side
 by side (plus any ``--compare`` folders).
 """
 
 from __future__ import annotations
 
-import gc
 import os.path as osp
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,12 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from rtdmd.evaluation.suites import (
-    build_scorers,
+    SuiteScorers,
     check_benchmark_config,
+    check_suite_weights,
     evaluate_method,
     method_slug,
+    release_memory,
     write_results,
 )
 
@@ -100,8 +103,8 @@ def run_benchmarks(cfg: Config, req: BenchmarkRequest, cli_options: dict | None 
     bench = cfg.benchmark.to_dict()
     out_root = Path(req.out_root or osp.join(cfg.work_dir, 'benchmarks'))
     out_root.mkdir(parents=True, exist_ok=True)
-    rewards = list(dict.fromkeys(r for s in suites for r in bench['suites'][s]['rewards']))
-    scorers = build_scorers(bench, rewards, req.device)  # missing weights fail here, early
+    check_suite_weights(bench, suites)  # a missing reward weight fails here, before any model
+    scorers = SuiteScorers(bench, req.device)
     for kind in req.models:
         generate, settings = _build_generator(cfg, req, kind, bench, cli_options)
         name = req.method_names.get(kind) or _default_name(cfg, kind, settings)
@@ -110,9 +113,7 @@ def run_benchmarks(cfg: Config, req: BenchmarkRequest, cli_options: dict | None 
                         seeds=req.seeds, batch_size=req.batch_size, max_prompts=req.max_prompts,
                         log=lambda msg: print_log(msg, logger='current'))
         del generate
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
     table, _ = write_results(out_root, req.compare)
     print_log(f'[benchmark] results in {out_root}:\n{table}', logger='current')
     return table
@@ -165,9 +166,8 @@ def _build_generator(cfg: Config, req: BenchmarkRequest, kind: str, bench: dict,
         guidance = teacher.get('guidance_scale')
     if guidance is None:
         guidance = model_cfg.model.get('teacher_guidance', 1.0)
-    model_dict = model_cfg.model.copy()
-    model_dict.pop('init_checkpoint', None)  # the teacher is the frozen base
-    model = MODELS.build(model_dict).eval().to(req.device)
+    from rtdmd.engine.export import sampling_model_config
+    model = MODELS.build(sampling_model_config(model_cfg.model)).eval().to(req.device)
     gen = TeacherGenerator(model, int(steps), float(guidance))
     return gen, dict(gen.settings(), **common)
 

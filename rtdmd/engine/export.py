@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import os.path as osp
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from rtdmd.version import __version__
 
 __all__ = ['EXPORT_RECORD', 'build_pipeline', 'export_pipeline', 'load_trained_model',
-           'stage_to_export', 'student_schedule']
+           'sampling_model_config', 'stage_to_export', 'student_schedule']
 
 #: Name of the provenance file written next to ``model_index.json``.
 EXPORT_RECORD = 'rtdmd_export.json'
@@ -60,6 +61,21 @@ def stage_to_export(cfg: Config, stage: str | None = None,
                         cli_options)
 
 
+def sampling_model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_cfg`` for a distiller that only samples (export, benchmarks, the teacher).
+
+    No ``init_checkpoint`` (a training checkpoint holds every LoRA, stage 1's too; the teacher
+    needs none), and the stage-2 reward models, which sampling never calls, replaced by a
+    weightless stand-in: exporting or evaluating a model needs no reward weights and loads no
+    reward model (reward weights are not in checkpoints either).
+    """
+    model_cfg = dict(model_cfg)
+    model_cfg.pop('init_checkpoint', None)
+    if 'rewards' in model_cfg:
+        model_cfg['rewards'] = dict(unused=dict(scorer=dict(type='ImageBrightnessReward')))
+    return model_cfg
+
+
 def load_trained_model(cfg: Config, checkpoint: str, use_ema: bool = True) -> tuple[nn.Module,
                                                                                      bool]:
     """The distiller of ``cfg`` with ``checkpoint`` loaded and, if asked, its EMA generator.
@@ -73,9 +89,7 @@ def load_trained_model(cfg: Config, checkpoint: str, use_ema: bool = True) -> tu
         ``(model, ema_applied)``; the model is in eval mode on the CPU.
     """
     apply_mmengine_patches()  # the project's own checkpoints need weights_only=False
-    model_cfg = cfg.model.copy()
-    model_cfg.pop('init_checkpoint', None)  # the checkpoint holds every LoRA, stage 1's too
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(sampling_model_config(cfg.model))
     ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt)
     _add_frozen_stage(model.backbone, state)

@@ -41,6 +41,7 @@ def run_training(cfg: Config, cli_options: dict | None = None) -> Runner | None:
     ``NAME:key=value`` reaches stage NAME only and ``*:key=value`` every stage.
     """
     check_stage_options(cfg, cli_options)
+    check_training_rewards(cfg, cli_options)
     if not cfg.get('stages'):
         runner = build_runner(cfg)
         runner.train()
@@ -141,6 +142,27 @@ def check_stage_options(cfg: Config, cli_options: dict | None) -> None:
     if cfg.get('stages') and cfg.get('evaluation'):
         from rtdmd.evaluation.stage_evaluation import check_evaluation
         check_evaluation(cfg.evaluation, names)
+
+
+def check_training_rewards(cfg: Config, cli_options: dict | None = None) -> None:
+    """Every reward model a run will train on finds its weight files, before anything trains.
+
+    A pipeline builds its stage-2 rewards only after stage 1 has run for hours; this checks them
+    all up front from the configs (no model is built).
+
+    Raises:
+        MissingRewardWeightsError: naming the first missing file and where it comes from.
+    """
+    from rtdmd.rewards.weights import check_reward_weights
+
+    configs = ([stage_config(cfg, {k: v for k, v in stage.items() if k != 'init_from'},
+                             cli_options) for stage in cfg.stages]
+               if cfg.get('stages') else [cfg])
+    for sub in configs:
+        rewards = sub.get('model', {}).get('rewards') or {}
+        for spec in rewards.values():
+            if isinstance(spec, dict) and isinstance(spec.get('scorer'), dict):
+                check_reward_weights(spec['scorer'])
 
 
 def latest_checkpoint(work_dir: str) -> str:

@@ -241,12 +241,13 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
             texts = [prompts[i]['prompt'] for i in idx]
             metas = [dict(prompts[i].get('metadata') or {}) for i in idx]
             seeds_i = [sample_seed(seed, i) for i in idx]
-            images = generate(texts, seeds_i).detach().float().clamp(0, 1).cpu()
+            # scored where they were made (rewards run on the generator's device), saved on CPU
+            images = generate(texts, seeds_i).detach().float().clamp(0, 1)
             if images.ndim != 4 or images.shape[0] != len(idx) or images.shape[1] != 3:
                 raise ValueError(f'generate returned shape {tuple(images.shape)}, expected '
                                  f'({len(idx)}, 3, H, W)')
             scores = _score_batch(scorers, images, texts, metas)
-            _save_grid_samples(out_dir, images, idx, seed, grid_jobs)
+            _save_grid_samples(out_dir, images.cpu(), idx, seed, grid_jobs)
             with scores_path.open('a') as f:
                 for k, i in enumerate(idx):
                     rec = dict(index=i, seed=seed, sample_seed=seeds_i[k], prompt=texts[k],

@@ -107,17 +107,50 @@ def suite_prompts(suite: Mapping[str, Any], max_prompts: int | None = None) -> l
     return read_prompt_file(suite['prompts'])[:max_prompts]
 
 
-def build_scorers(bench: Mapping[str, Any], names: Sequence[str], device: Any = 'cpu'
-                  ) -> dict[str, nn.Module]:
-    """The named rewards of ``bench.rewards``, built once, frozen, on ``device``."""
-    import rtdmd.rewards  # noqa: F401  (registers the scorers)
-    from rtdmd.registry import REWARDS
+class SuiteScorers:
+    """The reward models of one suite at a time: memory holds a suite's rewards, not all nine.
 
-    scorers = {}
+    ``get(names)`` builds the named rewards of ``bench['rewards']`` (frozen, on ``device``) and
+    releases the built ones the new suite does not use; rewards shared by consecutive suites (or
+    methods) are kept.
+    """
+
+    def __init__(self, bench: Mapping[str, Any], device: Any = 'cpu') -> None:
+        self.bench, self.device = bench, device
+        self.built: dict[str, nn.Module] = {}
+
+    def get(self, names: Sequence[str]) -> dict[str, nn.Module]:
+        import rtdmd.rewards  # noqa: F401  (registers the scorers)
+        from rtdmd.registry import REWARDS
+
+        for name in [n for n in self.built if n not in names]:
+            del self.built[name]
+        release_memory()
+        for name in names:
+            if name not in self.built:
+                scorer = REWARDS.build(dict(self.bench['rewards'][name]))
+                self.built[name] = scorer.to(self.device).eval().requires_grad_(False)
+        return {name: self.built[name] for name in names}
+
+
+def release_memory() -> None:
+    """Free what dropped models held (Python objects, then the CUDA cache)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_suite_weights(bench: Mapping[str, Any], suites: Sequence[str]) -> None:
+    """Every reward of ``suites`` finds its weight files (no model is built)."""
+    from rtdmd.rewards.weights import check_reward_weights
+
+    names = dict.fromkeys(r for s in suites for r in bench['suites'][s]['rewards'])
     for name in names:
-        scorer = REWARDS.build(dict(bench['rewards'][name]))
-        scorers[name] = scorer.to(device).eval().requires_grad_(False)
-    return scorers
+        check_reward_weights(bench['rewards'][name])
 
 
 def method_slug(name: str) -> str:
@@ -130,7 +163,7 @@ def method_slug(name: str) -> str:
 
 def evaluate_method(generate: Callable, settings: Mapping[str, Any], bench: Mapping[str, Any],
                     suites: Sequence[str], out_dir: str | Path,
-                    scorers: Mapping[str, nn.Module], *, seeds: Sequence[int] | None = None,
+                    scorers: SuiteScorers, *, seeds: Sequence[int] | None = None,
                     batch_size: int | None = None, max_prompts: int | None = None,
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every suite for one method; write and return its flat ``metrics.json``.
@@ -141,7 +174,7 @@ def evaluate_method(generate: Callable, settings: Mapping[str, Any], bench: Mapp
         settings: the method's fixed sampling settings (recorded, checked on resume).
         suites: names in ``bench['suites']``.
         out_dir: the method's folder (``<out_root>/<method>``).
-        scorers: ``{reward name: scorer}`` holding at least the suites' rewards.
+        scorers: builds each suite's rewards when its turn comes.
         seeds, batch_size, max_prompts: override the section's values.
     """
     out_dir = Path(out_dir)
@@ -158,7 +191,7 @@ def evaluate_method(generate: Callable, settings: Mapping[str, Any], bench: Mapp
         if log is not None:
             log(f'[benchmark] {out_dir.name} / {suite_name}: {len(prompts)} prompts x '
                 f'{len(seeds)} seeds, rewards {list(suite["rewards"])}')
-        metrics = run_benchmark(generate, {r: scorers[r] for r in suite['rewards']}, prompts,
+        metrics = run_benchmark(generate, scorers.get(suite['rewards']), prompts,
                                 out_dir / suite_name, seeds=seeds, batch_size=batch_size,
                                 settings=suite_settings, log=log)
         recorded[suite_name] = metrics.pop('_settings')
@@ -218,5 +251,5 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ['BenchmarkConfigError', 'build_scorers', 'check_benchmark_config', 'evaluate_method',
-           'method_slug', 'suite_prompts', 'write_results']
+__all__ = ['BenchmarkConfigError', 'SuiteScorers', 'check_benchmark_config', 'check_suite_weights',
+           'evaluate_method', 'method_slug', 'release_memory', 'suite_prompts', 'write_results']

@@ -23,8 +23,16 @@ from torch import Tensor, nn
 from rtdmd.registry import REWARDS
 
 from .base import RewardScorer
-from .weights import MissingRewardWeightsError, require_files, reward_weights_root
+from .weights import (
+    MissingRewardWeightsError,
+    WeightFiles,
+    require_weights,
+    resolve_weights_path,
+)
 
+CLIP_PATH = 'clip-vit-large-patch14'
+CLIP_SOURCE = 'openai/clip-vit-large-patch14'
+CLIP_MODEL_FILES = ('config.json', 'model.safetensors|pytorch_model.bin')
 MLP_FILE = 'sac+logos+ava1-l14-linearMSE.pth'
 MLP_SOURCE = ('https://github.com/christophschuhmann/improved-aesthetic-predictor '
               '(raw file sac+logos+ava1-l14-linearMSE.pth)')
@@ -61,16 +69,13 @@ class AestheticScore(RewardScorer):
     differentiable = False
     output_scale = 'aesthetic ~5-6 (1-10 scale)'
 
-    def __init__(self, clip_path: str = 'clip-vit-large-patch14', mlp_path: str = MLP_FILE,
+    def __init__(self, clip_path: str = CLIP_PATH, mlp_path: str = MLP_FILE,
                  root: str | None = None, name: str | None = None) -> None:
         super().__init__(name)
-        base = reward_weights_root(root)
-        clip_path = clip_path if osp.isabs(clip_path) else osp.join(base, clip_path)
-        mlp_path = mlp_path if osp.isabs(mlp_path) else osp.join(base, mlp_path)
-        require_files(clip_path, ('config.json', 'model.safetensors|pytorch_model.bin'),
-                      'openai/clip-vit-large-patch14', type(self).__name__)
-        require_files(osp.dirname(mlp_path), (osp.basename(mlp_path),), MLP_SOURCE,
-                      type(self).__name__)
+        require_weights(self.required_weights(clip_path=clip_path, mlp_path=mlp_path, root=root),
+                        type(self).__name__)
+        clip_path = resolve_weights_path(clip_path, root)
+        mlp_path = resolve_weights_path(mlp_path, root)
         from transformers import CLIPImageProcessor, CLIPModel
 
         self.clip_path, self.mlp_path = clip_path, mlp_path
@@ -90,6 +95,13 @@ class AestheticScore(RewardScorer):
                 f'{self.clip.config.projection_dim}-d CLIP embedding ({MLP_SOURCE}): {e}'
             ) from e
         self.requires_grad_(False)
+
+    @classmethod
+    def required_weights(cls, clip_path: str = CLIP_PATH, mlp_path: str = MLP_FILE,
+                         root: str | None = None, **init_args: Any) -> list[WeightFiles]:
+        """The CLIP folder and the MLP file (relative paths under ``root``)."""
+        return [WeightFiles(resolve_weights_path(clip_path, root), CLIP_MODEL_FILES, CLIP_SOURCE),
+                WeightFiles.single(resolve_weights_path(mlp_path, root), MLP_SOURCE)]
 
     @torch.no_grad()
     def forward(self, samples: Tensor, prompts: Sequence[Any] | None = None,

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .weights import WeightFiles
+
 #: Key of the reward itself in :meth:`RewardScorer.score_details`.
 MAIN_SCORE = ''
 
@@ -28,6 +30,18 @@ class RewardScorer(nn.Module):
     def __init__(self, name: str | None = None) -> None:
         super().__init__()
         self.name = name or type(self).__name__
+
+    @classmethod
+    def required_weights(cls, **init_args: Any) -> list[WeightFiles]:
+        """The weight files a scorer built with these constructor arguments reads.
+
+        ``init_args`` are the constructor's arguments with its defaults applied (what
+        :func:`~rtdmd.rewards.weights.check_reward_weights` passes). A learned scorer's
+        constructor checks exactly this list (:func:`~rtdmd.rewards.weights.require_weights`),
+        so the pre-flight check and the build agree; overrides take the arguments they need by
+        name and ignore the rest. Default: none (toy and analytic scorers read no files).
+        """
+        return []
 
     def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
                 metadata: Sequence[dict] | None = None) -> Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os.path as osp
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -19,7 +20,7 @@ from rtdmd.registry import REWARDS
 
 from .base import RewardScorer
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-from .weights import require_files, reward_weights_root
+from .weights import WeightFiles, require_weights, resolve_weights_path
 
 #: What a transformers CLIP folder must hold (``a|b``: either file).
 CLIP_FILES = ('config.json', 'model.safetensors|pytorch_model.bin',
@@ -48,15 +49,21 @@ class CLIPPairScorer(RewardScorer):
     def __init__(self, path: str | None = None, root: str | None = None,
                  name: str | None = None) -> None:
         super().__init__(name)
-        path = path or self.default_path
-        path = path if osp.isabs(path) else osp.join(reward_weights_root(root), path)
-        require_files(path, CLIP_FILES, self.source, type(self).__name__)
+        require_weights(self.required_weights(path=path, root=root), type(self).__name__)
+        path = resolve_weights_path(path or self.default_path, root)
         from transformers import AutoTokenizer, CLIPModel
 
         self.path = path
         self.model = CLIPModel.from_pretrained(path).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.size, self.mean, self.std = self._image_config(path)
+
+    @classmethod
+    def required_weights(cls, path: str | None = None, root: str | None = None,
+                         **init_args: Any) -> list[WeightFiles]:
+        """The model folder (``path``, default :attr:`default_path`, under ``root``)."""
+        return [WeightFiles(resolve_weights_path(path or cls.default_path, root), CLIP_FILES,
+                            cls.source)]
 
     def _image_config(self, path: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
         """Input side and normalisation: ``preprocessor_config.json`` if there, else CLIP's."""

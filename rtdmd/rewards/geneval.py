@@ -41,7 +41,7 @@ from rtdmd.registry import REWARDS
 from .base import MAIN_SCORE, RewardScorer
 from .clip_score import CLIP_FILES
 from .preprocess import CLIP_MEAN, CLIP_STD
-from .weights import require_files, reward_weights_root
+from .weights import WeightFiles, require_weights, resolve_weights_path
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
@@ -445,12 +445,10 @@ class GenEvalReward(RewardScorer):
                  root: str | None = None, class_names_file: str = CLASS_NAMES_FILE,
                  detector_size: tuple[int, int] = (800, 1333), name: str | None = None) -> None:
         super().__init__(name)
-        base = reward_weights_root(root)
-        detector_path = detector_path if osp.isabs(detector_path) else osp.join(base,
-                                                                                detector_path)
-        clip_path = clip_path if osp.isabs(clip_path) else osp.join(base, clip_path)
-        require_files(detector_path, DETECTOR_FILES, DETECTOR_SOURCE, type(self).__name__)
-        require_files(clip_path, CLIP_FILES, CLIP_SOURCE, type(self).__name__)
+        require_weights(self.required_weights(detector_path=detector_path, clip_path=clip_path,
+                                              root=root), type(self).__name__)
+        detector_path = resolve_weights_path(detector_path, root)
+        clip_path = resolve_weights_path(clip_path, root)
         from transformers import AutoTokenizer, CLIPModel, Mask2FormerImageProcessor
         from transformers import Mask2FormerForUniversalSegmentation as Mask2Former
 
@@ -465,6 +463,14 @@ class GenEvalReward(RewardScorer):
         self.tokenizer = AutoTokenizer.from_pretrained(clip_path)
         self.requires_grad_(False).eval()
         self._classifiers: dict[str, Tensor] = {}
+
+    @classmethod
+    def required_weights(cls, detector_path: str = DETECTOR_DIR, clip_path: str = CLIP_DIR,
+                         root: str | None = None, **init_args: Any) -> list[WeightFiles]:
+        """The detector and CLIP folders (relative paths under ``root``)."""
+        return [WeightFiles(resolve_weights_path(detector_path, root), DETECTOR_FILES,
+                            DETECTOR_SOURCE),
+                WeightFiles(resolve_weights_path(clip_path, root), CLIP_FILES, CLIP_SOURCE)]
 
     def train(self, mode: bool = True) -> GenEvalReward:
         """A frozen scorer: the models stay in eval mode."""

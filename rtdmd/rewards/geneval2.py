@@ -44,7 +44,6 @@ Weights: the transformers snapshot of ``Qwen/Qwen3-VL-8B-Instruct`` in
 from __future__ import annotations
 
 import math
-import os.path as osp
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +53,7 @@ from torch import Tensor
 from rtdmd.registry import REWARDS
 
 from .base import MAIN_SCORE, RewardScorer
-from .weights import require_files, reward_weights_root
+from .weights import WeightFiles, require_weights, resolve_weights_path
 
 QWEN3_VL_PATH = 'Qwen3-VL-8B-Instruct'
 QWEN3_VL_SOURCE = 'Qwen/Qwen3-VL-8B-Instruct'
@@ -149,8 +148,8 @@ class GenEval2Reward(RewardScorer):
             raise ValueError(f'max_batch must be >= 1, got {max_batch}')
         if not 0.0 <= floor < 1.0:
             raise ValueError(f'floor must be in [0, 1), got {floor}')
-        path = path if osp.isabs(path) else osp.join(reward_weights_root(root), path)
-        require_files(path, QWEN3_VL_FILES, QWEN3_VL_SOURCE, type(self).__name__)
+        require_weights(self.required_weights(path=path, root=root), type(self).__name__)
+        path = resolve_weights_path(path, root)
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
         self.path, self.max_batch, self.floor = path, max_batch, floor
@@ -163,6 +162,12 @@ class GenEval2Reward(RewardScorer):
         # Left padding: the last position of every row is its next-token position.
         self.processor.tokenizer.padding_side = 'left'
         self._variant_ids: dict[str, list[int]] = {}
+
+    @classmethod
+    def required_weights(cls, path: str = QWEN3_VL_PATH, root: str | None = None,
+                         **init_args: Any) -> list[WeightFiles]:
+        """The Qwen3-VL folder (a relative path under ``root``)."""
+        return [WeightFiles(resolve_weights_path(path, root), QWEN3_VL_FILES, QWEN3_VL_SOURCE)]
 
     def train(self, mode: bool = True) -> GenEval2Reward:
         """A frozen scorer: the VLM stays in eval mode."""

@@ -17,7 +17,6 @@ clamp to [0, 1] as PIL's uint8 output does, zero pad, normalise), so gradients r
 
 from __future__ import annotations
 
-import os.path as osp
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ from rtdmd.registry import REWARDS
 
 from .base import RewardScorer
 from .preprocess import CLIP_MEAN, CLIP_STD
-from .weights import require_files, reward_weights_root
+from .weights import WeightFiles, require_weights, resolve_weights_path
 
 HPS_CHECKPOINT = 'HPS_v2.1_compressed.pt'
 HPS_SOURCE = 'xswu/HPSv2'
@@ -94,9 +93,9 @@ class HPSv2(RewardScorer):
     def __init__(self, checkpoint: str = HPS_CHECKPOINT, root: str | None = None,
                  model_name: str = 'ViT-H-14', name: str | None = None) -> None:
         super().__init__(name)
-        path = checkpoint if osp.isabs(checkpoint) else osp.join(reward_weights_root(root),
-                                                                 checkpoint)
-        require_files(osp.dirname(path), [osp.basename(path)], HPS_SOURCE, type(self).__name__)
+        require_weights(self.required_weights(checkpoint=checkpoint, root=root),
+                        type(self).__name__)
+        path = resolve_weights_path(checkpoint, root)
         import open_clip  # heavy import inside __init__
 
         self.path = path
@@ -113,6 +112,12 @@ class HPSv2(RewardScorer):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         size = self.model.visual.image_size
         self.image_size = size[0] if isinstance(size, tuple | list) else int(size)
+
+    @classmethod
+    def required_weights(cls, checkpoint: str = HPS_CHECKPOINT, root: str | None = None,
+                         **init_args: Any) -> list[WeightFiles]:
+        """The checkpoint file (a relative path under ``root``)."""
+        return [WeightFiles.single(resolve_weights_path(checkpoint, root), HPS_SOURCE)]
 
     def train(self, mode: bool = True) -> HPSv2:
         """A frozen scorer: the CLIP model stays in eval mode."""

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from rtdmd.registry import REWARDS
 
 from .base import MAIN_SCORE, RewardScorer
-from .weights import require_files, reward_weights_root
+from .weights import WeightFiles, require_weights, resolve_weights_path
 
 HPSV3_CHECKPOINT = osp.join('HPSv3', 'HPSv3.safetensors')
 HPSV3_SOURCE = 'MizzenAI/HPSv3'
@@ -239,11 +239,10 @@ class HPSv3(RewardScorer):
                  attn_implementation: str = 'sdpa', pixels: int = IMAGE_PIXELS,
                  name: str | None = None) -> None:
         super().__init__(name)
-        weights_root = reward_weights_root(root)
-        path = checkpoint if osp.isabs(checkpoint) else osp.join(weights_root, checkpoint)
-        base_path = base if osp.isabs(base) else osp.join(weights_root, base)
-        require_files(osp.dirname(path), [osp.basename(path)], HPSV3_SOURCE, type(self).__name__)
-        require_files(base_path, HPSV3_BASE_FILES, HPSV3_BASE_SOURCE, type(self).__name__)
+        require_weights(self.required_weights(checkpoint=checkpoint, base=base, root=root),
+                        type(self).__name__)
+        path = resolve_weights_path(checkpoint, root)
+        base_path = resolve_weights_path(base, root)
         from accelerate import init_empty_weights
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoProcessor, Qwen2VLModel
@@ -277,6 +276,14 @@ class HPSv3(RewardScorer):
         rope.forward = _release_vision_rope_forward.__get__(rope)
         self.image_token_id = int(config.image_token_id)
         self.eval().requires_grad_(False)
+
+    @classmethod
+    def required_weights(cls, checkpoint: str = HPSV3_CHECKPOINT, base: str = HPSV3_BASE,
+                         root: str | None = None, **init_args: Any) -> list[WeightFiles]:
+        """The checkpoint file and the base folder (relative paths under ``root``)."""
+        return [WeightFiles.single(resolve_weights_path(checkpoint, root), HPSV3_SOURCE),
+                WeightFiles(resolve_weights_path(base, root), HPSV3_BASE_FILES,
+                            HPSV3_BASE_SOURCE)]
 
     def train(self, mode: bool = True) -> HPSv3:
         """A frozen scorer: stays in eval mode (no dropout in the head)."""

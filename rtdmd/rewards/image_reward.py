@@ -46,12 +46,15 @@ from rtdmd.registry import REWARDS
 from .aesthetic import AestheticMLP
 from .base import RewardScorer
 from .preprocess import center_crop, clip_preprocess, resize_shorter_side
-from .weights import require_files, reward_weights_root
+from .weights import WeightFiles, require_weights, resolve_weights_path
 
 IMAGE_REWARD_CHECKPOINT = 'ImageReward.pt'
 MED_CONFIG = 'med_config.json'
 IMAGE_REWARD_SOURCE = 'THUDM/ImageReward'
+IMAGE_REWARD_PATH = 'ImageReward'
 BERT_SOURCE = 'bert-base-uncased'
+BERT_PATH = 'bert-base-uncased'
+BERT_FILES = ('vocab.txt|tokenizer.json',)
 #: The release's standardisation of the MLP output (``ImageReward.mean`` / ``.std``).
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
@@ -208,17 +211,14 @@ class ImageReward(RewardScorer):
 
     output_scale = '(mlp(cls) - 0.167) / 1.033, ~1.0-1.4 on good images (unbounded)'
 
-    def __init__(self, path: str = 'ImageReward', tokenizer_path: str = 'bert-base-uncased',
+    def __init__(self, path: str = IMAGE_REWARD_PATH, tokenizer_path: str = BERT_PATH,
                  root: str | None = None, vision_config: dict[str, Any] | None = None,
                  differentiable: bool = False, name: str | None = None) -> None:
         super().__init__(name)
-        base = reward_weights_root(root)
-        path = path if osp.isabs(path) else osp.join(base, path)
-        tokenizer_path = (tokenizer_path if osp.isabs(tokenizer_path)
-                          else osp.join(base, tokenizer_path))
-        scorer = type(self).__name__
-        require_files(path, (IMAGE_REWARD_CHECKPOINT, MED_CONFIG), IMAGE_REWARD_SOURCE, scorer)
-        require_files(tokenizer_path, ('vocab.txt|tokenizer.json',), BERT_SOURCE, scorer)
+        require_weights(self.required_weights(path=path, tokenizer_path=tokenizer_path,
+                                              root=root), type(self).__name__)
+        path = resolve_weights_path(path, root)
+        tokenizer_path = resolve_weights_path(tokenizer_path, root)
         unknown = sorted(set(vision_config or {}) - set(BLIP_VIT_LARGE))
         if unknown:
             raise ValueError(f'unknown vision_config keys {unknown}; expected a subset of '
@@ -253,6 +253,14 @@ class ImageReward(RewardScorer):
             raise ValueError(f'{tokenizer_path}: the tokenizer has {len(self.tokenizer)} tokens, '
                              f'more than the text encoder\'s vocab_size {text_cfg.vocab_size}')
         self.image_size = int(vision_cfg.image_size)
+
+    @classmethod
+    def required_weights(cls, path: str = IMAGE_REWARD_PATH, tokenizer_path: str = BERT_PATH,
+                         root: str | None = None, **init_args: Any) -> list[WeightFiles]:
+        """The ImageReward folder and the tokenizer folder (relative paths under ``root``)."""
+        return [WeightFiles(resolve_weights_path(path, root), (IMAGE_REWARD_CHECKPOINT, MED_CONFIG),
+                            IMAGE_REWARD_SOURCE),
+                WeightFiles(resolve_weights_path(tokenizer_path, root), BERT_FILES, BERT_SOURCE)]
 
     def _load(self, checkpoint: str) -> None:
         state = torch.load(checkpoint, map_location='cpu', weights_only=True)

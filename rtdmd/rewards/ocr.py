@@ -30,7 +30,6 @@ release does not swap the channels and neither does this scorer). Not differenti
 from __future__ import annotations
 
 import logging
-import os.path as osp
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,12 @@ from rtdmd.datasets.text_prompts import ocr_target
 from rtdmd.registry import REWARDS
 
 from .base import MAIN_SCORE, RewardScorer
-from .weights import MissingRewardWeightsError, require_files, reward_weights_root
+from .weights import (
+    MissingRewardWeightsError,
+    WeightFiles,
+    require_weights,
+    resolve_weights_path,
+)
 
 #: Where ONNX exports of PaddleOCR's English models come from (for the missing-file message).
 EN_MODELS_SOURCE = (
@@ -111,8 +115,8 @@ def to_uint8_hwc(samples: Tensor) -> np.ndarray:
     return np.ascontiguousarray(uint8.permute(0, 2, 3, 1).cpu().numpy())
 
 
-def _resolve(path: str | None, base: str) -> str | None:
-    return None if path is None else path if osp.isabs(path) else osp.join(base, path)
+def _resolve(path: str | None, root: str | None) -> str | None:
+    return None if path is None else resolve_weights_path(path, root)
 
 
 @REWARDS.register_module()
@@ -155,14 +159,13 @@ class OCRReward(RewardScorer):
                              'give rec_model_path too (the wheel\'s recogniser has its own)')
         if det_limit_type not in ('max', 'min'):
             raise ValueError(f"det_limit_type must be 'max' or 'min', got {det_limit_type!r}")
-        base = reward_weights_root(root)
-        paths = {'det_model_path': _resolve(det_model_path, base),
-                 'rec_model_path': _resolve(rec_model_path, base),
-                 'rec_keys_path': _resolve(rec_keys_path, base)}
-        for path in paths.values():
-            if path is not None:
-                require_files(osp.dirname(path), (osp.basename(path),), EN_MODELS_SOURCE,
-                              type(self).__name__)
+        require_weights(self.required_weights(det_model_path=det_model_path,
+                                              rec_model_path=rec_model_path,
+                                              rec_keys_path=rec_keys_path, root=root),
+                        type(self).__name__)
+        paths = {'det_model_path': _resolve(det_model_path, root),
+                 'rec_model_path': _resolve(rec_model_path, root),
+                 'rec_keys_path': _resolve(rec_keys_path, root)}
         self.det_model_path, self.rec_model_path, self.rec_keys_path = paths.values()
         options: dict[str, Any] = dict(
             use_cls=False, text_score=text_score, det_limit_side_len=det_limit_side_len,
@@ -171,6 +174,15 @@ class OCRReward(RewardScorer):
         if num_threads is not None:
             options['intra_op_num_threads'] = num_threads
         self.engine = self._build_engine(paths, options)
+
+    @classmethod
+    def required_weights(cls, det_model_path: str | None = None,
+                         rec_model_path: str | None = None, rec_keys_path: str | None = None,
+                         root: str | None = None, **init_args: Any) -> list[WeightFiles]:
+        """The user-given model files only (relative paths under ``root``); the wheel ships
+        the default models."""
+        paths = (_resolve(p, root) for p in (det_model_path, rec_model_path, rec_keys_path))
+        return [WeightFiles.single(p, EN_MODELS_SOURCE) for p in paths if p is not None]
 
     def _build_engine(self, paths: dict[str, str | None], options: dict[str, Any]) -> Any:
         """RapidOCR with the given models (``None``: the wheel's), failing clearly on bad ones."""

@@ -3,13 +3,20 @@
 No reward model reaches for the network: every learned scorer reads its weights from a local
 folder under one root, the ``root`` argument of the scorer, else the ``RTDMD_REWARD_WEIGHTS``
 environment variable, else ``./weights/rewards``. Standard library only, so importing it is free.
+
+A scorer lists the files it reads in :meth:`~rtdmd.rewards.base.RewardScorer.required_weights`
+and its constructor checks that list; :func:`check_reward_weights` checks the same list from a
+REWARDS config without building anything, so a run can fail on a missing file before it spends
+hours on the stages that come first.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import os.path as osp
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 DEFAULT_REWARD_WEIGHTS_ROOT = osp.join('weights', 'rewards')
 
@@ -21,6 +28,33 @@ class MissingRewardWeightsError(FileNotFoundError):
 def reward_weights_root(root: str | None = None) -> str:
     """``root`` if given, else ``$RTDMD_REWARD_WEIGHTS``, else ``weights/rewards``."""
     return root or os.environ.get('RTDMD_REWARD_WEIGHTS') or DEFAULT_REWARD_WEIGHTS_ROOT
+
+
+class WeightFiles(NamedTuple):
+    """Files a reward scorer reads from one folder (the arguments of :func:`require_files`).
+
+    Attributes:
+        folder: the folder that must hold ``files``.
+        files: file names relative to ``folder``; ``'a|b'`` is satisfied by either.
+        source: where the files come from (a Hugging Face repo id or a URL), for the message.
+        scorer: the scorer that reads them, when it is not the one being checked (members of a
+            :class:`~rtdmd.rewards.multi.MultiReward`); ``None``: the checked scorer.
+    """
+
+    folder: str
+    files: Sequence[str]
+    source: str
+    scorer: str | None = None
+
+    @classmethod
+    def single(cls, path: str, source: str) -> WeightFiles:
+        """The one file ``path``."""
+        return cls(osp.dirname(path), (osp.basename(path),), source)
+
+
+def resolve_weights_path(path: str, root: str | None = None) -> str:
+    """``path`` if it is absolute, else ``path`` under :func:`reward_weights_root` ``(root)``."""
+    return path if osp.isabs(path) else osp.join(reward_weights_root(root), path)
 
 
 def require_files(path: str, files: Sequence[str], source: str, scorer: str) -> None:
@@ -49,3 +83,78 @@ def require_files(path: str, files: Sequence[str], source: str, scorer: str) -> 
         f'They come from {source}.{hint}'
         f'Put them under one folder and point rtdmd at it: export '
         f'RTDMD_REWARD_WEIGHTS=<that folder> or pass root=<that folder> to the scorer.')
+
+
+def require_weights(needs: Sequence[WeightFiles], scorer: str) -> None:
+    """:func:`require_files` for each entry of ``needs``, in order.
+
+    Args:
+        needs: what the scorer reads (its :meth:`RewardScorer.required_weights`).
+        scorer: the scorer that needs them, for the message (an entry's own ``scorer`` wins).
+
+    Raises:
+        MissingRewardWeightsError: for the first entry with a missing file.
+    """
+    for need in needs:
+        require_files(need.folder, need.files, need.source, need.scorer or scorer)
+
+
+def _reward_class(kind: Any) -> type:
+    """The scorer class of a config's ``type``: a class, or a name in ``REWARDS``."""
+    if inspect.isclass(kind):
+        return kind
+    from rtdmd.registry import REWARDS  # lazy: the registry imports mmengine
+
+    cls = REWARDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise KeyError(f'{kind!r} is not in the rtdmd reward registry (REWARDS); a reward config '
+                       "needs type='<registered scorer name>' or the scorer class")
+    return cls
+
+
+def config_required_weights(reward_cfg: Mapping[str, Any]) -> list[WeightFiles]:
+    """The weight files the scorer built from a REWARDS config would read, without building it.
+
+    The config's arguments are bound to the scorer's constructor with its defaults applied and
+    passed to the class's ``required_weights``; every entry names the scorer that reads it.
+
+    Raises:
+        KeyError: if the config names no registered scorer.
+        TypeError: if the config has arguments the constructor does not take.
+    """
+    args = dict(reward_cfg)
+    cls = _reward_class(args.pop('type', None))
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop ``self``
+    var_kw = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(args) - {p.name for p in params}) if not var_kw else []
+    if unknown:
+        raise TypeError(f'{cls.__name__} got unknown arguments {unknown}; it takes '
+                        f'{[p.name for p in params]}')
+    bound = inspect.Signature(params).bind_partial(**args)
+    bound.apply_defaults()
+    init_args = dict(bound.arguments)
+    for name in var_kw:  # a ``**kwargs`` constructor: pass its extra arguments on flat
+        init_args.update(init_args.pop(name))
+    required = getattr(cls, 'required_weights', None)
+    needs = [] if required is None else required(**init_args)
+    return [need if need.scorer else need._replace(scorer=cls.__name__) for need in needs]
+
+
+def check_reward_weights(reward_cfg: Mapping[str, Any]) -> None:
+    """Pre-flight check: the weight files of the scorer a REWARDS config builds are all there.
+
+    Builds nothing and loads no model library (the scorers import those in their constructors),
+    so a pipeline can check the rewards of a later stage before the first one starts. The
+    constructor checks the same files with the same message (both use the scorer's
+    ``required_weights``); a :class:`~rtdmd.rewards.multi.MultiReward` config checks its members.
+
+    Args:
+        reward_cfg: ``dict(type='CLIPScore', root=..., ...)`` (``type`` may be the class).
+
+    Raises:
+        MissingRewardWeightsError: naming the first missing file, as the constructor would.
+        KeyError: if the config names no registered scorer.
+        TypeError: if the config has arguments the constructor does not take.
+    """
+    # Every entry names its scorer, so the fallback name is never shown.
+    require_weights(config_required_weights(reward_cfg), scorer='')

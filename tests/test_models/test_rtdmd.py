@@ -131,3 +131,18 @@ def test_init_from_a_stage_one_checkpoint_takes_the_ema_generator(
         torch.testing.assert_close(v, ema[k])
     for k, v in fresh.backbone.fake_score.state_dict().items():
         torch.testing.assert_close(v, stage1.backbone.fake_score.state_dict()[k])
+
+
+def test_checkpoints_hold_no_reward_model_and_load_without_one(tiny_backbone_cfg: dict) -> None:
+    """Reward models load from their own weights: a state dict leaves them out (GBs for the
+    real scorers), and a strict load neither misses them nor trips on an old state with them."""
+    model = _rtdmd(tiny_backbone_cfg)
+    assert 'direction' in model.rewards.main.state_dict()
+    state = model.state_dict()
+    assert state and not [k for k in state if 'rewards' in k]
+    other = _rtdmd(tiny_backbone_cfg)
+    result = other.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    legacy = dict(state, **{'rewards.main.direction': torch.tensor([1.0, 0.0])})
+    assert not other.load_state_dict(legacy, strict=True).unexpected_keys
+    assert torch.equal(other.rewards.main.direction, torch.tensor([0.6, 0.8]))  # config wins

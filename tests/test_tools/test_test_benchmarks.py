@@ -157,7 +157,7 @@ def test_exported_pipeline_scores_like_its_checkpoint(world: dict) -> None:
     assert '| exported |' in table and '| bench_config |' in table
 
 
-def test_bad_requests_fail_before_any_model_is_built(world: dict) -> None:
+def test_bad_requests_fail_before_any_model_is_built(world: dict, monkeypatch) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location('rtdmd_test_tool', REPO / 'tools/test.py')
@@ -171,3 +171,7 @@ def test_bad_requests_fail_before_any_model_is_built(world: dict) -> None:
     with pytest.raises(SystemExit, match='has no benchmark section'):
         tool.main([str(REPO / 'configs/rtdmd/toy2d_4step.py'), '--work-dir',
                    str(world['tmp'] / 'toy'), '--benchmarks'])
+    monkeypatch.setenv('RTDMD_REWARD_WEIGHTS', str(world['tmp'] / 'no_rewards'))
+    with pytest.raises(SystemExit, match='the CLIPScore reward weights are not at'):
+        tool.main(base[:-1] + ['benchmark.rewards.clip.type=CLIPScore',
+                               'benchmark.suites.tiny.rewards=[clip]', '--benchmarks', 'tiny'])

@@ -116,3 +116,19 @@ def test_stage2_trains_with_a_weighted_multi_reward(tmp_path: Path) -> None:
     assert 'ImageNetClassifierReward' in dumped and 'ImageBrightnessReward' in dumped
     fresh = [generator_lora(load(work / 'rtdmd' / f'iter_{i}.pth')) for i in (1, 2)]
     assert any(not torch.equal(fresh[0][k], fresh[1][k]) for k in fresh[0])
+
+
+def test_missing_reward_weights_stop_the_pipeline_before_stage_one(tmp_path: Path) -> None:
+    """Stage 2's rewards are checked when the pipeline starts, not after stage 1 has trained."""
+    root = tmp_path / 'weights'
+    build_sd3_dir(str(root), 'sd3')
+    rewards = tmp_path / 'rewards'
+    options = [o for o in TINY_SD3_OPTIONS if o not in STANDIN_REWARD_OPTIONS]
+    result = run_train(['configs/rtdmd/sd3m_4step.py', '--work-dir', str(tmp_path / 'work'),
+                        '--cfg-options', f'weights_root={root}', *options],
+                       env={'RTDMD_REWARD_WEIGHTS': str(rewards)})
+    assert result.returncode != 0
+    expected = rewards / 'clip-vit-large-patch14' / 'config.json'
+    assert 'error: the CLIPScore reward weights are not at' in result.stderr
+    assert str(expected) in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'work' / 'ac_dmd').exists()  # nothing trained

@@ -89,6 +89,11 @@ class RTDMDDistiller(DistillerBase):
                                              teacher_guidance, renoise, consistency_max_jump,
                                              self.sampler.eta) if fake_loss else None)
         self.rewards, self.reward_weights = self._build_rewards(rewards)
+        # Reward models are frozen inputs of the method, loaded from their own weights: they stay
+        # out of checkpoints (GBs each), and checkpoints load without them.
+        self._register_state_dict_hook(_drop_reward_weights)
+        self._register_load_state_dict_pre_hook(_skip_reward_weights)
+        self.register_load_state_dict_post_hook(_ignore_reward_weights)
         if init_checkpoint:
             load_stage_checkpoint(self.backbone, init_checkpoint)
 
@@ -229,3 +234,20 @@ class RTDMDDistiller(DistillerBase):
         """Stage 1's sub-interval DM on a fresh random-stop rollout with grad on its last step."""
         ro = self.fresh_rollout(cond, shared, local, grad_last=True)
         return self.matching.generator_loss(self.backbone, cond, ro.x_s, ro.s, shared, local)
+
+
+def _drop_reward_weights(module: torch.nn.Module | None, state: dict, prefix: str, _meta: Any
+                         ) -> None:
+    for key in [k for k in state if k.startswith(prefix + 'rewards.')]:
+        del state[key]
+
+
+def _skip_reward_weights(state: dict, prefix: str, *_: Any) -> None:
+    """An older checkpoint's reward weights are not loaded: the config's reward models win."""
+    _drop_reward_weights(None, state, prefix, None)
+
+
+def _ignore_reward_weights(module: torch.nn.Module, incompatible: Any) -> None:
+    """The reward models' parameters are not expected in a checkpoint."""
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        keys[:] = [k for k in keys if not (k.startswith('rewards.') or '.rewards.' in k)]
