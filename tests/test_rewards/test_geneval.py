@@ -20,10 +20,11 @@ import torch
 
 from rtdmd.registry import REWARDS
 from rtdmd.rewards import geneval as G
-from rtdmd.rewards.geneval import Detection
+from rtdmd.rewards import geneval_rules as R
+from rtdmd.rewards.geneval_rules import Detection
 from rtdmd.rewards.weights import MissingRewardWeightsError
 
-NAMES = G.load_class_names()
+NAMES = R.load_class_names()
 SIZE = 384  # the scorer's detector input in the tests (transformers' fixed post-processing grid)
 
 
@@ -49,17 +50,17 @@ def dogs(n: int) -> list[Detection]:
     ((0, 0, 10, 10), (0, 0, 10, 10), set()),
 ])
 def test_relative_position(box_a, box_b, expected) -> None:
-    assert G.relative_position(box_a, box_b) == expected
+    assert R.relative_position(box_a, box_b) == expected
 
 
 def test_position_margin() -> None:
     """The 0.1 margin is what removes the relation of near-overlapping boxes."""
     a, b = (0, 0, 10, 10), (1.5, 0, 11.5, 10)
-    assert G.relative_position(a, b, threshold=0.0) == {'left of'}
+    assert R.relative_position(a, b, threshold=0.0) == {'left of'}
     # Offset 3 > margin 2: revised offset 1 of norm 3 -> dx = -1/3, above -0.5: still no relation.
-    assert G.relative_position((0, 0, 10, 10), (3, 0, 13, 10)) == set()
+    assert R.relative_position((0, 0, 10, 10), (3, 0, 13, 10)) == set()
     # Offset 5: revised 3 / 5 = 0.6 > 0.5.
-    assert G.relative_position((0, 0, 10, 10), (5, 0, 15, 10)) == {'left of'}
+    assert R.relative_position((0, 0, 10, 10), (5, 0, 15, 10)) == {'left of'}
 
 
 # ----------------------------------------------------------------------------- counting / exclude
@@ -75,15 +76,15 @@ COUNT_2 = {'tag': 'counting', 'include': [{'class': 'dog', 'count': 2}],
 ])
 def test_counting(n, partial, accuracy, strict) -> None:
     d = {'dog': dogs(n)} if n else {}
-    assert G.geneval_partial(d, COUNT_2) == (pytest.approx(partial), strict)
-    assert G.geneval_accuracy(d, COUNT_2) is accuracy
+    assert R.geneval_partial(d, COUNT_2) == (pytest.approx(partial), strict)
+    assert R.geneval_accuracy(d, COUNT_2) is accuracy
 
 
 def test_over_counting_without_exclude() -> None:
     meta = {'tag': 'single_object', 'include': [{'class': 'dog', 'count': 1}]}
     d = {'dog': dogs(3)}
-    assert G.geneval_accuracy(d, meta)   # GenEval: at least one dog
-    assert G.geneval_partial(d, meta) == (pytest.approx(-1.0), False)   # 1 - 2 / 1, not clipped
+    assert R.geneval_accuracy(d, meta)   # GenEval: at least one dog
+    assert R.geneval_partial(d, meta) == (pytest.approx(-1.0), False)   # 1 - 2 / 1, not clipped
 
 
 def test_exclude_and_two_objects() -> None:
@@ -91,12 +92,12 @@ def test_exclude_and_two_objects() -> None:
                                              {'class': 'dog', 'count': 1}],
             'exclude': [{'class': 'bus', 'count': 1}]}
     d = {'cat': [det((0, 0, 5, 5))], 'dog': dogs(1)}
-    assert G.geneval_accuracy(d, meta) and G.geneval_partial(d, meta) == (1.0, True)
+    assert R.geneval_accuracy(d, meta) and R.geneval_partial(d, meta) == (1.0, True)
     d['bus'] = [det((50, 50, 60, 60))]
-    assert not G.geneval_accuracy(d, meta)
-    assert G.geneval_partial(d, meta) == (1.0, False)   # the partial score ignores exclude
+    assert not R.geneval_accuracy(d, meta)
+    assert R.geneval_partial(d, meta) == (1.0, False)   # the partial score ignores exclude
     del d['bus'], d['cat']
-    assert G.geneval_partial(d, meta) == (pytest.approx(0.5), False)
+    assert R.geneval_partial(d, meta) == (pytest.approx(0.5), False)
 
 
 # ----------------------------------------------------------------------------- colour
@@ -104,22 +105,22 @@ RED_CAR = {'tag': 'colors', 'include': [{'class': 'car', 'count': 1, 'color': 'r
 
 
 def test_color_match_and_mismatch() -> None:
-    assert G.geneval_partial({'car': [det((0, 0, 5, 5), color='red')]}, RED_CAR) == (1.0, True)
-    assert G.geneval_accuracy({'car': [det((0, 0, 5, 5), color='red')]}, RED_CAR)
+    assert R.geneval_partial({'car': [det((0, 0, 5, 5), color='red')]}, RED_CAR) == (1.0, True)
+    assert R.geneval_accuracy({'car': [det((0, 0, 5, 5), color='red')]}, RED_CAR)
     blue = {'car': [det((0, 0, 5, 5), color='blue')]}
-    assert G.geneval_partial(blue, RED_CAR) == (0.5, False)   # mean(count 1, colour 0)
-    assert not G.geneval_accuracy(blue, RED_CAR)
+    assert R.geneval_partial(blue, RED_CAR) == (0.5, False)   # mean(count 1, colour 0)
+    assert not R.geneval_accuracy(blue, RED_CAR)
     # Two cars, the best one red: GenEval checks the best one only; the partial score gives no
     # count credit (1 - 1/1) and 0 for colour, as the count is wrong.
     two = {'car': [det((0, 0, 5, 5), 0.9, 'red'), det((9, 0, 14, 5), 0.8, 'blue')]}
-    assert G.geneval_accuracy(two, RED_CAR)
-    assert G.geneval_partial(two, RED_CAR) == (0.0, False)
-    assert G.objects_needing_color(two, RED_CAR) == two['car'][:1]
+    assert R.geneval_accuracy(two, RED_CAR)
+    assert R.geneval_partial(two, RED_CAR) == (0.0, False)
+    assert R.objects_needing_color(two, RED_CAR) == two['car'][:1]
     # Too few: the count credit 1 - 1/2 and a 0 for the unchecked colour.
     two_red = {'tag': 'colors', 'include': [{'class': 'car', 'count': 2, 'color': 'red'}]}
     one = {'car': [det((0, 0, 5, 5), color='red')]}
-    assert G.geneval_partial(one, two_red) == (pytest.approx(0.25), False)
-    assert not G.geneval_accuracy(one, two_red) and G.objects_needing_color(one, two_red) == []
+    assert R.geneval_partial(one, two_red) == (pytest.approx(0.25), False)
+    assert not R.geneval_accuracy(one, two_red) and R.objects_needing_color(one, two_red) == []
 
 
 def test_color_attr_fraction_and_unclassified_colour() -> None:
@@ -127,11 +128,11 @@ def test_color_attr_fraction_and_unclassified_colour() -> None:
                                              {'class': 'car', 'count': 2, 'color': 'black'}]}
     d = {'handbag': [det((0, 0, 5, 5), color='pink')],
          'car': [det((9, 0, 14, 5), color='black'), det((20, 0, 25, 5), color='white')]}
-    assert G.geneval_partial(d, meta) == (pytest.approx((1 + 1 + 1 + 0.5) / 4), False)
-    assert not G.geneval_accuracy(d, meta)
+    assert R.geneval_partial(d, meta) == (pytest.approx((1 + 1 + 1 + 0.5) / 4), False)
+    assert not R.geneval_accuracy(d, meta)
     d['car'][1].color = None
     with pytest.raises(ValueError, match='Detection.color'):
-        G.geneval_accuracy(d, meta)
+        R.geneval_accuracy(d, meta)
 
 
 # ----------------------------------------------------------------------------- position reqs
@@ -142,45 +143,45 @@ COW_RIGHT_OF_LAPTOP = {'tag': 'position', 'include': [
 def test_position_requirement() -> None:
     laptop, right, left = det((0, 0, 10, 10)), det((30, 0, 40, 10)), det((-30, 0, -20, 10))
     ok = {'laptop': [laptop], 'cow': [right]}
-    assert G.geneval_accuracy(ok, COW_RIGHT_OF_LAPTOP)
-    assert G.geneval_partial(ok, COW_RIGHT_OF_LAPTOP) == (1.0, True)
+    assert R.geneval_accuracy(ok, COW_RIGHT_OF_LAPTOP)
+    assert R.geneval_partial(ok, COW_RIGHT_OF_LAPTOP) == (1.0, True)
     wrong = {'laptop': [laptop], 'cow': [left]}
-    assert not G.geneval_accuracy(wrong, COW_RIGHT_OF_LAPTOP)
-    assert G.geneval_partial(wrong, COW_RIGHT_OF_LAPTOP) == (pytest.approx(2 / 3), False)
+    assert not R.geneval_accuracy(wrong, COW_RIGHT_OF_LAPTOP)
+    assert R.geneval_partial(wrong, COW_RIGHT_OF_LAPTOP) == (pytest.approx(2 / 3), False)
     # No cow: laptop 1, cow count 0 and 0 for the unchecked position.
     no_cow = {'laptop': [laptop]}
-    assert G.geneval_partial(no_cow, COW_RIGHT_OF_LAPTOP) == (pytest.approx(1 / 3), False)
+    assert R.geneval_partial(no_cow, COW_RIGHT_OF_LAPTOP) == (pytest.approx(1 / 3), False)
 
 
 def test_failed_target_group() -> None:
     cow = det((30, 0, 40, 10))
     # No laptop: the laptop requirement fails, its group is None, so the position fails too.
     no_target = {'cow': [cow]}
-    assert not G.geneval_accuracy(no_target, COW_RIGHT_OF_LAPTOP)
-    assert G.geneval_partial(no_target, COW_RIGHT_OF_LAPTOP) == (pytest.approx(1 / 3), False)
+    assert not R.geneval_accuracy(no_target, COW_RIGHT_OF_LAPTOP)
+    assert R.geneval_partial(no_target, COW_RIGHT_OF_LAPTOP) == (pytest.approx(1 / 3), False)
     # Two laptops: GenEval uses the best one as target (the cow is right of it); the strict
     # path fails the laptop requirement (2 != 1), hence the cow's target group.
     laptops = {'laptop': [det((0, 0, 10, 10), 0.9), det((50, 0, 60, 10), 0.8)], 'cow': [cow]}
-    assert G.geneval_accuracy(laptops, COW_RIGHT_OF_LAPTOP)
-    assert G.geneval_partial(laptops, COW_RIGHT_OF_LAPTOP) == (pytest.approx(1 / 3), False)
+    assert R.geneval_accuracy(laptops, COW_RIGHT_OF_LAPTOP)
+    assert R.geneval_partial(laptops, COW_RIGHT_OF_LAPTOP) == (pytest.approx(1 / 3), False)
 
 
 # ----------------------------------------------------------------------------- selection
 def test_thresholds_and_cap() -> None:
-    assert G.confidence_threshold('counting') == 0.9
-    assert all(G.confidence_threshold(t) == 0.3 for t in G.TAGS if t != 'counting')
+    assert R.confidence_threshold('counting') == 0.9
+    assert all(R.confidence_threshold(t) == 0.3 for t in R.TAGS if t != 'counting')
     dog, cat = NAMES.index('dog'), NAMES.index('cat')
     scores = torch.tensor([0.5, 0.95, 0.3, 0.31, 0.2, 0.92])
     labels = torch.tensor([dog, dog, dog, dog, dog, cat])
     boxes = torch.arange(24.0).view(6, 4)
-    low = G.select_detections(scores, labels, boxes, None, NAMES, 0.3)
+    low = R.select_detections(scores, labels, boxes, None, NAMES, 0.3)
     assert [d.score for d in low['dog']] == pytest.approx([0.95, 0.5, 0.31])  # 0.3 is not > 0.3
     assert low['dog'][0].box == (4.0, 5.0, 6.0, 7.0)
-    high = G.select_detections(scores, labels, boxes, None, NAMES, 0.9)
+    high = R.select_detections(scores, labels, boxes, None, NAMES, 0.9)
     assert {k: len(v) for k, v in high.items()} == {'dog': 1, 'cat': 1}
     # 20 dogs above the threshold: the 16 best are kept.
     many = torch.rand(20, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.35
-    kept = G.select_detections(many, torch.full((20,), dog), torch.zeros(20, 4), None, NAMES,
+    kept = R.select_detections(many, torch.full((20,), dog), torch.zeros(20, 4), None, NAMES,
                                0.3)
     assert [d.score for d in kept['dog']] == pytest.approx(many.sort(descending=True)[0][:16])
 
@@ -190,18 +191,18 @@ def test_masks_to_boxes() -> None:
     masks[0, 1:3, 2:5] = True
     masks[1, 4, 7] = True
     masks[1, 0, 0] = True
-    assert G.masks_to_boxes(masks).tolist() == [[2, 1, 5, 3], [0, 0, 8, 5], [0, 0, 0, 0]]
+    assert R.masks_to_boxes(masks).tolist() == [[2, 1, 5, 3], [0, 0, 8, 5], [0, 0, 0, 0]]
 
 
 def test_detector_labels_map_to_geneval_names() -> None:
     coco = [{'computer mouse': 'mouse', 'tv remote': 'remote',
              'computer keyboard': 'keyboard'}.get(n, n) for n in NAMES]
-    assert G.detector_class_names(dict(enumerate(coco)), NAMES) == NAMES
+    assert R.detector_class_names(dict(enumerate(coco)), NAMES) == NAMES
     broken = dict(enumerate(coco))
     broken[16] = 'puppy'
     with pytest.raises(ValueError,
                        match=r"without a label \['dog'\].*matching no class \['puppy'\]"):
-        G.detector_class_names(broken, NAMES)
+        R.detector_class_names(broken, NAMES)
 
 
 @pytest.mark.parametrize('metadata, field', [
@@ -217,8 +218,8 @@ def test_detector_labels_map_to_geneval_names() -> None:
      'exclude[0].class'),
 ])
 def test_metadata_errors_name_the_field(metadata, field) -> None:
-    with pytest.raises(G.GenEvalMetadataError, match=re.escape(f"field '{field}'")):
-        G.validate_metadata(metadata, NAMES, 0)
+    with pytest.raises(R.GenEvalMetadataError, match=re.escape(f"field '{field}'")):
+        R.validate_metadata(metadata, NAMES, 0)
 
 
 # ----------------------------------------------------------------------------- tiny models
@@ -317,7 +318,7 @@ def test_postprocess_matches_transformers(reference) -> None:
     out, ref = reference
     num_queries = out.class_queries_logits.shape[1]
     for i, r in enumerate(ref):
-        scores, labels, masks, boxes = G.instance_postprocess(
+        scores, labels, masks, boxes = R.instance_postprocess(
             out.class_queries_logits[i], out.masks_queries_logits[i], (SIZE, SIZE),
             (SIZE, SIZE), (SIZE, SIZE), max_per_image=num_queries)
         nonempty = masks.flatten(1).any(1)
@@ -354,14 +355,14 @@ def test_shape_determinism_and_batch_invariance(scorer) -> None:
     images = _photos()
     assert not scorer.differentiable and scorer.upper_bound == 1.0 and scorer.output_scale
     details = scorer.score_details(images, ['p'] * 3, METADATA)
-    keys = {'', 'accuracy', 'strict_accuracy', *(f'accuracy/{t}' for t in G.TAGS)}
+    keys = {'', 'accuracy', 'strict_accuracy', *(f'accuracy/{t}' for t in R.TAGS)}
     assert set(details) == keys
     assert all(v.shape == (3,) and v.dtype == torch.float32 for v in details.values())
     assert torch.all(details[''] <= 1)
     torch.testing.assert_close(scorer(images, ['p'] * 3, METADATA), details[''])
     # accuracy/<tag> is the accuracy on that tag's samples and NaN elsewhere.
     for j, meta in enumerate(METADATA):
-        for tag in G.TAGS:
+        for tag in R.TAGS:
             value = details[f'accuracy/{tag}'][j]
             assert math.isnan(value) if tag != meta['tag'] else value == details['accuracy'][j]
     again = scorer.score_details(images, ['p'] * 3, METADATA)
@@ -383,28 +384,28 @@ def test_color_classifier_matches_an_independent_computation(scorer) -> None:
     mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     mask[100:300, 50:200] = True
     mask[150:160, 60:100] = False
-    objects = [Detection(box=tuple(G.masks_to_boxes(m[None])[0].tolist()), score=0.9, mask=m)
+    objects = [Detection(box=tuple(R.masks_to_boxes(m[None])[0].tolist()), score=0.9, mask=m)
                for m in (mask, torch.roll(mask, (40, 120), (0, 1)))]
     pil = Image.fromarray(image)
     crops = [Image.composite(pil, Image.new('RGB', pil.size, '#999'),
                              Image.fromarray(d.mask.numpy())).crop(d.box) for d in objects]
-    np.testing.assert_array_equal(G.crop_object(image, objects[0]), np.asarray(crops[0]))
+    np.testing.assert_array_equal(R.crop_object(image, objects[0]), np.asarray(crops[0]))
     transform = open_clip.image_transform(224, is_train=False, mean=G.CLIP_MEAN, std=G.CLIP_STD)
     pixels = torch.stack([transform(c) for c in crops])
     torch.testing.assert_close(torch.stack([scorer.clip_transform(np.asarray(c)) for c in crops]),
                                pixels, rtol=0, atol=1e-6)
 
-    texts = [t.format(c=c, classname='teddy bear') for c in G.COLORS for t in G.COLOR_TEMPLATES]
+    texts = [t.format(c=c, classname='teddy bear') for c in R.COLORS for t in R.COLOR_TEMPLATES]
     tokens = scorer.tokenizer(texts, padding='max_length', max_length=77, return_tensors='pt')
     with torch.no_grad():
         out = scorer.clip(pixel_values=pixels, **tokens)
-    weights = out.text_embeds.view(len(G.COLORS), len(G.COLOR_TEMPLATES), -1).mean(1)
+    weights = out.text_embeds.view(len(R.COLORS), len(R.COLOR_TEMPLATES), -1).mean(1)
     weights = weights / weights.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(scorer.color_classifier('teddy bear'), weights.T,
                                rtol=1e-5, atol=1e-6)
     logits = out.image_embeds @ weights.T
     assert logits.argmax(1).tolist() != [] and logits[0].std() > 0
-    expected = [G.COLORS[i] for i in logits.argmax(1).tolist()]
+    expected = [R.COLORS[i] for i in logits.argmax(1).tolist()]
     assert scorer.classify_colors(image, 'teddy bear', objects) == expected
 
 
@@ -413,14 +414,14 @@ def test_missing_weights_and_metadata(tmp_path, root, scorer) -> None:
 
     with pytest.raises(MissingRewardWeightsError, match='GenEvalReward') as err:
         REWARDS.build(dict(type='GenEvalReward', root=str(tmp_path)))
-    assert G.DETECTOR_SOURCE in str(err.value) and 'config.json' in str(err.value)
+    assert R.DETECTOR_SOURCE in str(err.value) and 'config.json' in str(err.value)
     shutil.copytree(osp.join(root, G.DETECTOR_DIR), tmp_path / G.DETECTOR_DIR)
     with pytest.raises(MissingRewardWeightsError, match=G.CLIP_SOURCE):
         REWARDS.build(dict(type='GenEvalReward', root=str(tmp_path)))
     images = _photos()[:1]
-    with pytest.raises(G.GenEvalMetadataError, match='one GenEval metadata dict per image'):
+    with pytest.raises(R.GenEvalMetadataError, match='one GenEval metadata dict per image'):
         scorer(images, ['a photo of a dog'])
-    with pytest.raises(G.GenEvalMetadataError, match="field 'include'"):
+    with pytest.raises(R.GenEvalMetadataError, match="field 'include'"):
         scorer(images, ['a photo of a dog'], [{'tag': 'single_object'}])
 
 
@@ -431,5 +432,5 @@ def test_non_square_images_get_masks_and_boxes_in_their_own_frame(scorer) -> Non
         objs = [d for v in dets.values() for d in v]
         assert objs and all(d.mask.shape == (200, SIZE) for d in objs)
         boxes = torch.tensor([d.box for d in objs])
-        torch.testing.assert_close(boxes, G.masks_to_boxes(torch.stack([d.mask for d in objs])))
+        torch.testing.assert_close(boxes, R.masks_to_boxes(torch.stack([d.mask for d in objs])))
         assert (boxes[:, 2] <= SIZE).all() and (boxes[:, 3] <= 200).all()
