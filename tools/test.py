@@ -11,7 +11,8 @@ Benchmarks (image models; the suites and rewards are the config's ``benchmark`` 
 
 Each method's scores, metrics (mean, std, 95% bootstrap interval, count) and image grids go
 under ``<work_dir>/benchmarks/<method>/<suite>/``; ``results.md`` / ``results.csv`` there put
-every evaluated method side by side. An interrupted evaluation resumes where it stopped.
+every evaluated method side by side. An interrupted evaluation resumes where it stopped. Several
+processes (``bash tools/dist_test.sh CONFIG NPROC --benchmarks ...``) share every suite.
 """
 
 from __future__ import annotations
@@ -108,15 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.benchmarks is not None:
-        if args.launcher != 'none':
-            sys.exit('error: the benchmark harness runs in one process; split a long evaluation '
-                     'with --max-prompts or run one suite per job')
         from rtdmd.engine.benchmarking import check_request, run_benchmarks
         from rtdmd.models.backbones.pretrained import MissingWeightsError
         from rtdmd.rewards.weights import MissingRewardWeightsError
         req = benchmark_request(args)
         try:
             check_request(cfg, req)
+            init_distributed(args.launcher)  # each process takes a share of every suite
             run_benchmarks(cfg, req, args.cfg_options)
         except (MissingWeightsError, MissingRewardWeightsError, FileNotFoundError,
                 ValueError) as err:

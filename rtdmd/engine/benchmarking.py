@@ -51,7 +51,7 @@ class BenchmarkRequest:
         method_names: ``{kind: name}`` of the methods in the results table.
         compare: ``{method: folder}`` of earlier results to add to the table.
         out_root: where the results go (default ``<work_dir>/benchmarks``).
-        device: where models and rewards run.
+        device: where models and rewards run (default: this process's GPU, else the CPU).
     """
 
     suites: list[str] = field(default_factory=list)
@@ -68,7 +68,7 @@ class BenchmarkRequest:
     method_names: dict[str, str] = field(default_factory=dict)
     compare: dict[str, str] = field(default_factory=dict)
     out_root: str | None = None
-    device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device: str | None = None
 
 
 def chosen_suites(bench: dict, suites: list[str]) -> list[str]:
@@ -100,6 +100,9 @@ def run_benchmarks(cfg: Config, req: BenchmarkRequest, cli_options: dict | None 
                    ) -> str:
     """Evaluate the requested models on the chosen suites; returns the results table."""
     suites = check_request(cfg, req)
+    if req.device is None:  # after init_distributed: each process its own GPU
+        req.device = (f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available()
+                      else 'cpu')
     bench = cfg.benchmark.to_dict()
     out_root = Path(req.out_root or osp.join(cfg.work_dir, 'benchmarks'))
     out_root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +117,10 @@ def run_benchmarks(cfg: Config, req: BenchmarkRequest, cli_options: dict | None 
                         log=lambda msg: print_log(msg, logger='current'))
         del generate
         release_memory()
+    from mmengine.dist import barrier, is_main_process
+    barrier()  # every process has written its method folders
+    if not is_main_process():
+        return ''
     table, _ = write_results(out_root, req.compare)
     print_log(f'[benchmark] results in {out_root}:\n{table}', logger='current')
     return table

@@ -12,6 +12,8 @@ scores, so its image does not depend on the batch it was generated in. It writes
 - ``metrics.json``: ``{reward: summarize(scores)}`` plus ``_settings``.
 - ``samples/`` and ``grid.png``: the first (up to) 16 samples and their grid, written as they are
   produced.
+- Under ``torch.distributed``: one ``scores.rank<r>.jsonl`` per process instead of
+  ``scores.jsonl`` (see :func:`run_benchmark`).
 
 ``compare_methods`` puts several ``metrics.json`` side by side in one markdown table and one CSV.
 
@@ -115,14 +117,16 @@ def _run_settings(settings: Mapping[str, Any], seeds: Sequence[int], batch_size:
                           prompts_sha1=hashlib.sha1(texts).hexdigest()))
 
 
-def _load_scores(path: Path, settings: dict) -> dict[tuple[int, int], dict]:
+def _load_scores(path: Path, settings: dict, repair: bool = True) -> dict[tuple[int, int], dict]:
     """Finished records of ``path`` keyed by (index, seed); refuses other settings.
 
-    A line cut short by an interruption is dropped and the file rewritten without it, so appends
-    stay well-formed.
+    A line cut short by an interruption is dropped; with ``repair`` (the process's own file) the
+    file is rewritten without it, so appends stay well-formed. A missing own file is created
+    with the settings header.
     """
     if not path.exists():
-        path.write_text(json.dumps({'_settings': settings}) + '\n')
+        if repair:
+            path.write_text(json.dumps({'_settings': settings}) + '\n')
         return {}
     lines = path.read_text().splitlines()
     try:
@@ -145,8 +149,19 @@ def _load_scores(path: Path, settings: dict) -> dict[tuple[int, int], dict]:
             good.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    if len(good) != len(lines) or not path.read_text().endswith('\n'):
+    if repair and (len(good) != len(lines) or not path.read_text().endswith('\n')):
         path.write_text('\n'.join(good) + '\n')
+    return done
+
+
+def _load_all_scores(out_dir: Path, settings: dict, own: Path | None
+                     ) -> dict[tuple[int, int], dict]:
+    """The records of every ``scores*.jsonl`` in ``out_dir`` (one file per process of the runs
+    that wrote them); only ``own`` is created or repaired."""
+    paths = set(out_dir.glob('scores*.jsonl')) | ({own} if own is not None else set())
+    done: dict[tuple[int, int], dict] = {}
+    for path in sorted(paths):
+        done.update(_load_scores(path, settings, repair=path == own))
     return done
 
 
@@ -203,6 +218,12 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
                   log: Callable[[str], None] | None = None) -> dict:
     """Generate and score every (prompt, seed), resumably; write the metrics; return them.
 
+    Under ``torch.distributed`` every process takes every ``world_size``-th pending sample and
+    appends to its own ``scores.rank<r>.jsonl``; the metrics are computed from all files once
+    every process is done (rank 0 writes them). A run resumes from the files of earlier runs
+    whatever their number of processes.
+
+
     Args:
         generate: ``generate(prompts, sample_seeds) -> (B, 3, H, W)`` images in [0, 1], one
             seed per prompt (:func:`sample_seed`). For a resumed run to reproduce an
@@ -224,18 +245,27 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f'seeds must be non-empty and distinct, got {list(seeds)}')
+    from mmengine.dist import barrier, get_dist_info
+
+    rank, world = get_dist_info()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_settings = _run_settings(settings or {}, seeds, batch_size, scorers, prompts)
-    scores_path = out_dir / SCORES_FILE
-    done = _load_scores(scores_path, run_settings)
+    scores_path = out_dir / (SCORES_FILE if world == 1 else f'scores.rank{rank}.jsonl')
+    done = _load_all_scores(out_dir, run_settings, own=scores_path)
+    barrier()  # every process has read the files before any appends
 
     jobs = [(i, s) for s in seeds for i in range(len(prompts))]
     grid_jobs = jobs[:GRID_SIZE]
-    progress = _Progress(len(jobs), sum(job in done for job in jobs), log)
+    mine = [job for job in jobs if job not in done][rank::world]
+    shares = {seed: [i for i, s in mine if s == seed] for seed in seeds}
+    # one process: all samples, resumed ones counted; several: rank 0 reports its own share
+    total, already = ((len(jobs), sum(job in done for job in jobs)) if world == 1
+                      else (sum(len(v) for v in shares.values()), 0))
+    progress = _Progress(total, already, log if rank == 0 else (lambda msg: None))
     for seed in seeds:
-        pending = [i for i in range(len(prompts)) if (i, seed) not in done]
+        pending = shares[seed]
         for start in range(0, len(pending), batch_size):
             idx = pending[start:start + batch_size]
             texts = [prompts[i]['prompt'] for i in idx]
@@ -247,7 +277,7 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
                 raise ValueError(f'generate returned shape {tuple(images.shape)}, expected '
                                  f'({len(idx)}, 3, H, W)')
             scores = _score_batch(scorers, images, texts, metas)
-            _save_grid_samples(out_dir, images.cpu(), idx, seed, grid_jobs)
+            _save_grid_samples(out_dir, images.cpu(), idx, seed, grid_jobs, grid=world == 1)
             with scores_path.open('a') as f:
                 for k, i in enumerate(idx):
                     rec = dict(index=i, seed=seed, sample_seed=seeds_i[k], prompt=texts[k],
@@ -256,16 +286,24 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
                     f.write(json.dumps(rec) + '\n')
             progress.update(len(idx))
 
+    if world > 1:
+        barrier()  # every share is written
+        done = _load_all_scores(out_dir, run_settings, own=None)
+    missing = [job for job in jobs if job not in done]
+    if missing:
+        raise RuntimeError(f'{out_dir}: {len(missing)} samples have no scores, e.g. {missing[:3]}')
     records = [done[job] for job in jobs]  # job order, so the bootstrap is order-stable
     names = list(dict.fromkeys(k for r in records for k in r['scores']))
     metrics = {name: summarize([r['scores'].get(name) for r in records]) for name in names}
     metrics['_settings'] = run_settings
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + '\n')
+    if rank == 0:
+        _write_grid(out_dir, grid_jobs)
+        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + '\n')
     return metrics
 
 
 def _save_grid_samples(out_dir: Path, images: Tensor, idx: list[int], seed: int,
-                       grid_jobs: list[tuple[int, int]]) -> None:
+                       grid_jobs: list[tuple[int, int]], grid: bool = True) -> None:
     from torchvision.utils import save_image
 
     wanted = set(grid_jobs)
@@ -275,7 +313,8 @@ def _save_grid_samples(out_dir: Path, images: Tensor, idx: list[int], seed: int,
     (out_dir / 'samples').mkdir(exist_ok=True)
     for k, i in hits:
         save_image(images[k], out_dir / 'samples' / f'{i:05d}_seed{seed}.png')
-    _write_grid(out_dir, grid_jobs)
+    if grid:  # one process: the grid grows as samples come; several: rank 0 writes it at the end
+        _write_grid(out_dir, grid_jobs)
 
 
 def compare_methods(results: Mapping[str, Mapping[str, Any]],

@@ -199,8 +199,14 @@ def evaluate_method(generate: Callable, settings: Mapping[str, Any], bench: Mapp
     merged = _read_json(out_dir / METRICS_FILE)  # earlier suites of this method stay
     merged.update(flat)
     merged['_settings'] = dict(merged.get('_settings') or {}, **recorded)
-    _write_json(out_dir / METRICS_FILE, merged)
+    if _is_main_process():
+        _write_json(out_dir / METRICS_FILE, merged)
     return merged
+
+
+def _is_main_process() -> bool:
+    from mmengine.dist import is_main_process
+    return is_main_process()
 
 
 def write_results(out_root: str | Path, extra: Mapping[str, str | Path] | None = None

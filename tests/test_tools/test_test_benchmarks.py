@@ -157,6 +157,34 @@ def test_exported_pipeline_scores_like_its_checkpoint(world: dict) -> None:
     assert '| exported |' in table and '| bench_config |' in table
 
 
+def test_two_processes_share_a_suite_and_score_like_one(world: dict) -> None:
+    """torchrun with 2 CPU processes (gloo): each takes every other sample; the merged scores
+    are the single-process ones (per-sample seeds), the metrics count every sample once."""
+    out = world['tmp'] / 'dist'
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1',
+               MASTER_PORT=str(29500 + os.getpid() % 1000))
+    base = [a if a != str(world['tmp'] / 'work') else str(world['tmp'] / 'dist_work')
+            for a in world['base'][1:]]
+    result = subprocess.run(
+        ['bash', 'tools/dist_test.sh', str(world['config']), '2', *base, 'tiny', '--out',
+         str(out), '--cfg-options', *world['options']],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = out / 'bench_config' / 'tiny'
+    shards = [records(folder / f'scores.rank{r}.jsonl') for r in (0, 1)]
+    assert all(len(s) == 3 for s in shards) and not (folder / 'scores.jsonl').exists()
+    single = {(r['index'], r['seed']): r['scores']
+              for r in records(world['out'] / 'bench_config' / 'tiny' / 'scores.jsonl')}
+    merged = {(r['index'], r['seed']): r['scores'] for s in shards for r in s}
+    assert merged.keys() == single.keys()
+    for key, scores in single.items():
+        for reward, value in scores.items():
+            assert merged[key][reward] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    assert metrics['brightness']['count'] == metrics['tabby']['count'] == 6
+    assert (folder / 'grid.png').is_file() and (out / 'results.md').is_file()
+
+
 def test_bad_requests_fail_before_any_model_is_built(world: dict, monkeypatch) -> None:
     import importlib.util
 
