@@ -109,16 +109,20 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.benchmarks is not None:
+        from rtdmd.datasets.text_prompts import PromptFileError
         from rtdmd.engine.benchmarking import check_request, run_benchmarks
-        from rtdmd.models.backbones.pretrained import MissingWeightsError
-        from rtdmd.rewards.weights import MissingRewardWeightsError
+        from rtdmd.evaluation.benchmark import SettingsMismatchError
         req = benchmark_request(args)
         try:
-            check_request(cfg, req)
-            init_distributed(args.launcher)  # each process takes a share of every suite
+            check_request(cfg, req)  # the request, the suites, the checkpoint path
+        except (ValueError, FileNotFoundError) as err:
+            sys.exit(f'error: {err}')
+        init_distributed(args.launcher)  # each process takes a share of every suite
+        try:
             run_benchmarks(cfg, req, args.cfg_options)
-        except (MissingWeightsError, MissingRewardWeightsError, FileNotFoundError,
-                ValueError) as err:
+        except (FileNotFoundError, SettingsMismatchError, PromptFileError) as err:
+            # missing model / reward weights or checkpoint, a resume with other settings, a bad
+            # prompt file: each message says what to do
             sys.exit(f'error: {err}')
         return
     init_distributed(args.launcher)
