@@ -5,6 +5,7 @@ import torch
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
 from rtdmd.registry import MODELS
+from rtdmd.rewards.base import RewardScorer
 
 LINEAR = dict(type='LinearReward', direction=[0.6, 0.8])
 
@@ -90,7 +91,7 @@ def test_bp_only_gradient_is_the_reward_gradient(tiny_backbone_cfg: dict) -> Non
 def test_non_selected_steps_share_noise_within_a_group(tiny_backbone_cfg: dict) -> None:
     model = _rtdmd(tiny_backbone_cfg, subgrpo=dict(range_start=0, range_end=2,
                                                    num_train_steps=1))
-    prompts, groups, keys = model._repeat(_data(2))
+    prompts, _, groups, keys = model._repeat(_data(2))
     cond = model.backbone.encode_prompts(prompts)
     selected = [1]
     ro = model._rollout(cond, keys, selected, epoch=0,
@@ -146,3 +147,27 @@ def test_checkpoints_hold_no_reward_model_and_load_without_one(tiny_backbone_cfg
     legacy = dict(state, **{'rewards.main.direction': torch.tensor([1.0, 0.0])})
     assert not other.load_state_dict(legacy, strict=True).unexpected_keys
     assert torch.equal(other.rewards.main.direction, torch.tensor([0.6, 0.8]))  # config wins
+
+
+class MetadataValueReward(RewardScorer):
+    """``r = metadata['value'] + 0 * <x, 1>``: a reward read from each prompt's metadata, as
+    GenEval reads its requirements; records what it was given."""
+
+    differentiable = True
+
+    def forward(self, samples, prompts=None, metadata=None):
+        self.seen = (list(prompts.tolist()), list(metadata))
+        values = torch.tensor([m['value'] for m in metadata], dtype=torch.float32)
+        return values + 0.0 * samples.float().sum(dim=1)
+
+
+def test_each_rollout_is_scored_with_its_own_prompts_metadata(tiny_backbone_cfg: dict) -> None:
+    model = _rtdmd(tiny_backbone_cfg,
+                   rewards=dict(meta=dict(scorer=dict(type=MetadataValueReward))))
+    data = dict(prompt=torch.tensor([0, 1]), index=torch.arange(2),
+                metadata=[{'value': 1.0}, {'value': 3.0}])
+    log_vars = model.train_step(data, _optim(model))
+    prompts, metas = model.rewards.meta.seen
+    assert prompts == [0] * 4 + [1] * 4  # group_size 4, in group order
+    assert metas == [{'value': 1.0}] * 4 + [{'value': 3.0}] * 4
+    assert float(log_vars['reward_meta']) == 2.0

@@ -16,7 +16,8 @@ from torch import nn
 from rtdmd.registry import REWARDS
 from rtdmd.rewards.aesthetic import MLP_FILE
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.test_rewards.test_clip_score import _photos, build_tiny_clip_dir
+from tests.fixtures.rewards import build_tiny_clip_dir
+from tests.test_rewards.test_clip_score import _photos
 
 
 def _release_mlp() -> nn.Sequential:

@@ -7,7 +7,6 @@ and read back through the scorer's own loading path. The vision tower keeps the 
 
 from __future__ import annotations
 
-import math
 import os.path as osp
 
 import numpy as np
@@ -17,35 +16,9 @@ import torch
 from rtdmd.registry import REWARDS
 from rtdmd.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.fixtures.sd3 import _clip_tokenizer
+from tests.fixtures.rewards import build_tiny_clip_dir
 
 PROMPTS = ['a photo of a cat', 'the red car', 'two dogs on a table']
-
-
-def build_tiny_clip_dir(path: str, pad_token: str = '<|endoftext|>', seed: int = 0,
-                        logit_scale: float = math.log(100.0), projection_dim: int = 16) -> str:
-    """Save a tiny ``CLIPModel`` + tokenizer + image processor under ``path`` (once)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    if osp.isfile(osp.join(path, 'config.json')):
-        return path
-    torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer(pad_token)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                         bos_token_id=0, eos_token_id=1,
-                         pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=projection_dim)
-    model = CLIPModel(config).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(logit_scale)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessor().save_pretrained(path)  # the defaults are CLIP's 224 recipe
-    return path
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os.path as osp
 import re
-import string
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from rtdmd.rewards import geneval as G
 from rtdmd.rewards import geneval_rules as R
 from rtdmd.rewards.geneval_rules import Detection
 from rtdmd.rewards.weights import MissingRewardWeightsError
+from tests.fixtures.rewards import build_tiny_geneval_dirs
 
 NAMES = R.load_class_names()
 SIZE = 384  # the scorer's detector input in the tests (transformers' fixed post-processing grid)
@@ -223,57 +223,10 @@ def test_metadata_errors_name_the_field(metadata, field) -> None:
 
 
 # ----------------------------------------------------------------------------- tiny models
-def build_tiny_clip_dir(path: str) -> str:
-    """A tiny CLIPModel + a letter-level BPE tokenizer (with ``-``) in the layout of
-    ``openai/clip-vit-large-patch14``."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for token in ['<|startoftext|>', '<|endoftext|>', '-', '-</w>', *string.ascii_lowercase,
-                  *(c + '</w>' for c in string.ascii_lowercase)]:
-        vocab.setdefault(token, len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], pad_token='<|endoftext|>',
-                              model_max_length=77)
-    torch.manual_seed(1)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=16)
-    CLIPModel(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def build_tiny_detector_dir(path: str) -> str:
-    """A tiny Mask2Former (Swin backbone with 8-pixel patches for speed, 24 queries, 80
-    GenEval-named labels), class head biased towards ``dog`` so that some queries pass 0.3."""
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
-
-    backbone = SwinConfig(patch_size=8, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                          window_size=7, out_features=['stage1', 'stage2', 'stage3', 'stage4'])
-    config = Mask2FormerConfig(
-        backbone_config=backbone, num_labels=80, id2label=dict(enumerate(NAMES)),
-        label2id={n: i for i, n in enumerate(NAMES)}, feature_size=32, mask_feature_size=32,
-        hidden_dim=32, encoder_feedforward_dim=64, dim_feedforward=64, num_attention_heads=2,
-        encoder_layers=1, decoder_layers=2, num_queries=24)
-    torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(config).eval()
-    with torch.no_grad():
-        model.class_predictor.weight.mul_(20)
-        model.class_predictor.bias[NAMES.index('dog')] = 6.0
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope='module')
 def root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp('rewards'))
-    build_tiny_detector_dir(osp.join(root, G.DETECTOR_DIR))
-    build_tiny_clip_dir(osp.join(root, G.CLIP_DIR))
-    return root
+    return build_tiny_geneval_dirs(root)
 
 
 @pytest.fixture(scope='module')

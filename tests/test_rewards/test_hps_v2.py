@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -11,14 +9,12 @@ from rtdmd.registry import REWARDS
 
 open_clip = pytest.importorskip('open_clip')
 
-TINY = 'rtdmd-tiny-hps-ViT'
-TINY_CFG = {
-    'embed_dim': 32,
-    'vision_cfg': {'image_size': 224, 'layers': 1, 'width': 32, 'head_width': 16,
-                   'patch_size': 32},
-    'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2,
-                 'layers': 1},
-}
+from tests.fixtures.rewards import (  # noqa: E402
+    TINY,
+    build_tiny_hps_v2,
+    register_tiny_hps_architecture,
+)
+
 PROMPTS = ['a photo of a cat', 'an astronaut', 'a cup of coffee']
 
 
@@ -26,14 +22,9 @@ PROMPTS = ['a photo of a cat', 'an astronaut', 'a cup of coffee']
 def root(tmp_path_factory):
     import rtdmd.rewards  # noqa: F401  (registers)
 
-    cfg_dir = tmp_path_factory.mktemp('open_clip_cfg')
-    (cfg_dir / f'{TINY}.json').write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(str(cfg_dir))
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY, pretrained=None)
+    register_tiny_hps_architecture(str(tmp_path_factory.mktemp('open_clip_cfg')))
     root = tmp_path_factory.mktemp('rewards')
-    # the release layout: {'state_dict': CLIP state dict}
-    torch.save({'state_dict': model.state_dict()}, root / 'HPS_v2.1_compressed.pt')
+    build_tiny_hps_v2(str(root / 'HPS_v2.1_compressed.pt'))  # {'state_dict': ...}, as released
     return root
 
 

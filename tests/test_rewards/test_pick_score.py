@@ -16,7 +16,8 @@ import torch
 
 from rtdmd.registry import REWARDS
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.test_rewards.test_clip_score import PROMPTS, _photos, build_tiny_clip_dir
+from tests.fixtures.rewards import build_tiny_clip_dir
+from tests.test_rewards.test_clip_score import PROMPTS, _photos
 
 #: PickScore_v1's learnt temperature is about exp(4.6) ~ 100; any value checks the scaling.
 LOGIT_SCALE = math.log(90.0)

@@ -122,25 +122,27 @@ class RTDMDDistiller(DistillerBase):
                    ) -> dict[str, Tensor]:
         data = self.data_preprocessor(data, True)
         epoch = int(self.iteration)
-        prompts, groups, keys = self._repeat(data)
+        prompts, metas, groups, keys = self._repeat(data)
         cond = self.backbone.encode_prompts(prompts)
         shared, local = self.streams(epoch, 'rollout')
         selected = select_step_subset(seed=self.seed, epoch=epoch, **self.subgrpo)
         ro = self._rollout(cond, keys, selected, epoch, local)
-        scores = {n: r(self.backbone.decode(ro.sample), prompts) for n, r in self.rewards.items()}
+        scores = self._scores(self.backbone.decode(ro.sample), prompts, metas)
         log_vars = {f'reward_{n}': v.mean().detach() for n, v in scores.items()}
         if self.matching is not None:  # one fake step per epoch, before the generator step
             log_vars.update(self._update('fake_score', self._fake_losses(cond, ro, epoch),
                                          optim_wrapper))
         adv = combine_advantages(scores, self.reward_weights, groups, self.advantage_clip)
-        log_vars.update(self._generator_step(cond, prompts, ro, adv, selected, epoch,
+        log_vars.update(self._generator_step(cond, prompts, metas, ro, adv, selected, epoch,
                                              optim_wrapper))
         self.iteration += 1
         return log_vars
 
-    def _repeat(self, data: dict) -> tuple[Any, Tensor, list[str]]:
-        """K copies per prompt; group ids; the keys that seed a group's shared noise."""
+    def _repeat(self, data: dict) -> tuple[Any, list[dict] | None, Tensor, list[str]]:
+        """K copies per prompt and of its metadata (GenEval's tag / include / exclude, ...);
+        group ids; the keys that seed a group's shared noise."""
         prompts, k = data['prompt'], self.group_size
+        metadata = data.get('metadata')
         index = data.get('index')
         n = len(prompts)
         ids = torch.arange(n).repeat_interleave(k)
@@ -150,7 +152,14 @@ class RTDMDDistiller(DistillerBase):
             reps = prompts.repeat_interleave(k)
         else:
             reps = [prompts[i] for i in ids.tolist()]
-        return reps, ids.to(self.iteration.device), [base[i] for i in ids.tolist()]
+        metas = None if metadata is None else [metadata[i] for i in ids.tolist()]
+        return reps, metas, ids.to(self.iteration.device), [base[i] for i in ids.tolist()]
+
+    def _scores(self, images: Tensor, prompts: Any, metas: list[dict] | None,
+                differentiable_only: bool = False) -> dict[str, Tensor]:
+        """Every reward (or the differentiable ones) of ``images`` for their prompts."""
+        return {n: r(images, prompts, metas) for n, r in self.rewards.items()
+                if r.differentiable or not differentiable_only}
 
     @torch.no_grad()
     def _rollout(self, cond: Condition, keys: list[str], selected: list[int], epoch: int,
@@ -171,9 +180,9 @@ class RTDMDDistiller(DistillerBase):
         zeros = torch.zeros_like(ro.s)
         return self.matching.fake_losses(self.backbone, cond, ro.sample, zeros, shared, local)
 
-    def _generator_step(self, cond: Condition, prompts: Any, ro: Rollout, adv: Tensor,
-                        selected: list[int], epoch: int, optim_wrapper: OptimWrapperDict
-                        ) -> dict[str, Tensor]:
+    def _generator_step(self, cond: Condition, prompts: Any, metas: list[dict] | None,
+                        ro: Rollout, adv: Tensor, selected: list[int], epoch: int,
+                        optim_wrapper: OptimWrapperDict) -> dict[str, Tensor]:
         """Accumulate every term over the trained steps, then exactly one optimizer step."""
         wrapper = optim_wrapper['generator']
         last = self.sampler.num_steps - 1
@@ -185,7 +194,7 @@ class RTDMDDistiller(DistillerBase):
         shared, local = self.streams(epoch, 'generator')
         with wrapper.optim_context(self.backbone.net('generator')):
             for j in steps:
-                losses = self._step_losses(cond, prompts, ro, adv, j, j in selected,
+                losses = self._step_losses(cond, prompts, metas, ro, adv, j, j in selected,
                                            j == last, shared, local)
                 self._accumulate(wrapper, losses, terms)
             if self.dm_layout == 'random_stop' and self.matching is not None \
@@ -203,9 +212,9 @@ class RTDMDDistiller(DistillerBase):
         for name, value in losses.items():
             terms[name] = terms.get(name, 0.0) + value.detach().float()
 
-    def _step_losses(self, cond: Condition, prompts: Any, ro: Rollout, adv: Tensor, j: int,
-                     ppo: bool, final: bool, shared: torch.Generator, local: torch.Generator
-                     ) -> dict[str, Tensor]:
+    def _step_losses(self, cond: Condition, prompts: Any, metas: list[dict] | None,
+                     ro: Rollout, adv: Tensor, j: int, ppo: bool, final: bool,
+                     shared: torch.Generator, local: torch.Generator) -> dict[str, Tensor]:
         """Terms of step ``j`` from one forward of the generator at the stored ``x_j``."""
         sigmas = ro.sigmas
         x_j = ro.latents[j]
@@ -223,9 +232,9 @@ class RTDMDDistiller(DistillerBase):
                 losses['loss_dm'] = self.matching.generator_loss(
                     self.backbone, cond, x0, torch.zeros_like(ro.s), shared, local)
             if self.reward_bp_loss is not None:
-                images = self.backbone.decode(x0)
-                reward = sum(self.reward_weights[n] * r(images, prompts)
-                             for n, r in self.rewards.items() if r.differentiable)
+                scores = self._scores(self.backbone.decode(x0), prompts, metas,
+                                      differentiable_only=True)
+                reward = sum(self.reward_weights[n] * v for n, v in scores.items())
                 losses['loss_bp'] = self.reward_bp_loss(reward)
         return losses
 
