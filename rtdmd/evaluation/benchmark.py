@@ -92,12 +92,14 @@ def summarize(values: Sequence[float | None] | np.ndarray | Tensor, **bootstrap:
     """``dict(mean, std, ci_low, ci_high, count)`` of the valid scores (NaN / inf / -10 dropped).
 
     ``std`` is the sample standard deviation (ddof=1; 0 for a single value); ``bootstrap`` goes to
-    :func:`bootstrap_ci`.
+    :func:`bootstrap_ci`. With no valid score (e.g. a per-tag figure of a tag the prompts lack)
+    the statistics are ``None`` (``null`` in JSON) and ``count`` is 0.
     """
     x = valid_scores(values)
+    if not x.size:
+        return dict(mean=None, std=None, ci_low=None, ci_high=None, count=0)
     low, high = bootstrap_ci(x, **bootstrap)
-    return dict(mean=float(x.mean()) if x.size else float('nan'),
-                std=float(x.std(ddof=1)) if x.size > 1 else (0.0 if x.size else float('nan')),
+    return dict(mean=float(x.mean()), std=float(x.std(ddof=1)) if x.size > 1 else 0.0,
                 ci_low=low, ci_high=high, count=int(x.size))
 
 
@@ -326,7 +328,8 @@ def compare_methods(results: Mapping[str, Mapping[str, Any]],
         out_dir: if given, ``comparison.md`` and ``comparison.csv`` are written there.
 
     Returns:
-        ``(markdown, csv)``. A reward a method lacks shows as ``-`` (markdown) / empty (CSV).
+        ``(markdown, csv)``. A reward a method lacks, or one without a valid score, shows as ``-``
+        (markdown) / empty (CSV).
     """
     loaded = {m: json.loads(Path(r).read_text()) if isinstance(r, str | Path) else r
               for m, r in results.items()}
@@ -343,7 +346,7 @@ def compare_methods(results: Mapping[str, Mapping[str, Any]],
         cells, row = [], [method]
         for r in rewards:
             s = metrics.get(r)
-            if s is None:
+            if s is None or not s.get('count'):
                 cells.append('-')
                 row += [''] * len(fields)
                 continue

@@ -59,7 +59,8 @@ def test_summarize_drops_nan_inf_and_sentinel() -> None:
     assert s['mean'] == pytest.approx(2.0)
     assert s['std'] == pytest.approx(1.0)
     assert s['ci_low'] <= 2.0 <= s['ci_high']
-    assert summarize([-10.0, float('nan')])['count'] == 0
+    assert summarize([-10.0, float('nan')]) == dict(mean=None, std=None, ci_low=None,
+                                                    ci_high=None, count=0)
 
 
 PROMPTS = [dict(prompt=f'a photo number {i}', metadata=dict(class_index=281 + i % 2))

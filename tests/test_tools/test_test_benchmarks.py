@@ -16,18 +16,22 @@ from pathlib import Path
 import pytest
 
 from rtdmd.evaluation.benchmark import summarize
+from rtdmd.rewards import geneval_rules as G
 from rtdmd.utils.config import load_config
 from tests.conftest import REPO
 from tests.fixtures.backbone_utils import train_like_checkpoint
+from tests.fixtures.rewards import build_tiny_geneval_dirs
 from tests.fixtures.sd3 import TINY_RESOLUTION, build_sd3_dir
 
 CONFIG = """
 _base_ = ['{repo}/configs/ac_dmd/sd3m_4step.py']
 benchmark = dict(
     rewards=dict(brightness=dict(type='ImageBrightnessReward'),
-                 tabby=dict(type='ImageNetClassifierReward', class_index=281)),
+                 tabby=dict(type='ImageNetClassifierReward', class_index=281),
+                 geneval=dict(type='GenEvalReward', detector_size=(128, 128))),
     suites=dict(tiny=dict(prompts='{prompts}', rewards=['brightness', 'tabby']),
-                geneval=dict(prompts='geneval', file='{geneval}', rewards=['brightness'])),
+                geneval=dict(prompts='geneval', file='{geneval}',
+                             rewards=['brightness', 'geneval'])),
     default_suites=['tiny', 'geneval'],
     seeds=[1, 2], batch_size=2, teacher=dict(steps=2))
 """
@@ -41,8 +45,9 @@ def tiny_options(root: Path) -> dict:
             'backbone.lora.alpha': 8}
 
 
-def run_test_tool(args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+def run_test_tool(args: list[str], rewards: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1',
+               RTDMD_REWARD_WEIGHTS=str(rewards))
     return subprocess.run([sys.executable, 'tools/test.py', *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -55,6 +60,7 @@ def records(path: Path) -> list[dict]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp('bench')
     build_sd3_dir(str(tmp / 'weights'))
+    build_tiny_geneval_dirs(str(tmp / 'rewards'))  # GenEvalReward's detector and CLIP
     (tmp / 'prompts.txt').write_text('\n'.join(PROMPTS) + '\n')
     geneval = (REPO / 'rtdmd/datasets/prompts/geneval_metadata.jsonl').read_text().splitlines()
     (tmp / 'geneval.jsonl').write_text('\n'.join(geneval[:2]) + '\n')
@@ -66,7 +72,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_like_checkpoint(cfg, tmp / 'iter_1.pth')
     base = [str(config), '--checkpoint', str(tmp / 'iter_1.pth'), '--work-dir', str(tmp / 'work'),
             '--benchmarks']
-    result = run_test_tool(base + ['--models', 'student', 'teacher', '--cfg-options', *options])
+    result = run_test_tool(base + ['--models', 'student', 'teacher', '--cfg-options', *options],
+                           tmp / 'rewards')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return dict(tmp=tmp, config=config, options=options, base=base,
                 log=result.stdout + result.stderr,
@@ -78,8 +85,16 @@ def test_writes_metrics_grids_and_the_side_by_side_table(world: dict) -> None:
     student, teacher = out / 'bench_config', out / 'bench_config_teacher_2steps_cfg7'
     for method in (student, teacher):
         metrics = json.loads((method / 'metrics.json').read_text())
+        # GenEval adds its accuracies and one accuracy per tag (score_details)
+        tags = [f'geneval/geneval/accuracy/{t}' for t in G.TAGS]
         assert set(k for k in metrics if not k.startswith('_')) == {
-            'tiny/brightness', 'tiny/tabby', 'geneval/brightness'}
+            'tiny/brightness', 'tiny/tabby', 'geneval/brightness', 'geneval/geneval',
+            'geneval/geneval/accuracy', 'geneval/geneval/strict_accuracy', *tags}
+        # the two prompts are a counting and a color_attr one, 2 seeds each
+        assert {t: metrics[t]['count'] for t in tags} == {
+            t: 2 if t.endswith(('/counting', '/color_attr')) else 0 for t in tags}
+        assert metrics['geneval/geneval/accuracy/position']['mean'] is None
+        assert metrics['geneval/geneval']['mean'] <= 1.0
         for suite, n_prompts in (('tiny', 3), ('geneval', 2)):
             folder = method / suite
             assert (folder / 'grid.png').is_file()
@@ -89,6 +104,8 @@ def test_writes_metrics_grids_and_the_side_by_side_table(world: dict) -> None:
                 (i, s) for i in range(n_prompts) for s in (1, 2))
             # metrics.json is the summary of the per-sample scores written next to it
             for reward in recs[0]['scores']:
+                if '/' in reward:
+                    continue  # GenEval's accuracies: checked above
                 expected = summarize([r['scores'][reward] for r in sorted(
                     recs, key=lambda r: (r['seed'], r['index']))])
                 got = metrics[f'{suite}/{reward}']
@@ -105,7 +122,9 @@ def test_writes_metrics_grids_and_the_side_by_side_table(world: dict) -> None:
     # The two methods produced different images from the same seeds.
     assert records(student / 'tiny' / 'scores.jsonl') != records(teacher / 'tiny' / 'scores.jsonl')
     table = (out / 'results.md').read_text().splitlines()
-    assert table[0] == '| method | tiny/brightness | tabby | geneval/brightness |'
+    assert table[0].startswith('| method | tiny/brightness | tabby | geneval/brightness | '
+                               'geneval | geneval/accuracy | geneval/strict_accuracy |')
+    assert ' - |' in table[2]  # a tag without prompts
     assert {row.split(' | ')[0] for row in table[2:]} == {
         '| bench_config', '| bench_config_teacher_2steps_cfg7'}
     csv_rows = (out / 'results.csv').read_text().splitlines()
@@ -118,7 +137,8 @@ def test_interrupted_evaluation_resumes_to_the_same_scores(world: dict) -> None:
     full = scores.read_text()
     lines = full.splitlines()
     scores.write_text('\n'.join(lines[:3]) + '\n' + lines[3][:20])  # cut mid-line
-    result = run_test_tool(world['base'] + ['tiny', '--cfg-options', *world['options']])
+    result = run_test_tool(world['base'] + ['tiny', '--cfg-options', *world['options']],
+                           world['tmp'] / 'rewards')
     assert result.returncode == 0, result.stderr[-3000:]
     # 2 samples kept, the cut one regenerated
     assert '[benchmark] 3/6 samples' in result.stdout + result.stderr
@@ -143,7 +163,8 @@ def test_exported_pipeline_scores_like_its_checkpoint(world: dict) -> None:
          *world['options']], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
     result = run_test_tool(world['base'] + ['tiny', '--pipeline', str(tmp / 'exported'),
-                                            '--cfg-options', *world['options']])
+                                            '--cfg-options', *world['options']],
+                           tmp / 'rewards')
     assert result.returncode == 0, result.stderr[-3000:]
     ours = records(world['out'] / 'exported' / 'tiny' / 'scores.jsonl')
     student = records(world['out'] / 'bench_config' / 'tiny' / 'scores.jsonl')
