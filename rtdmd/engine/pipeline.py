@@ -151,18 +151,17 @@ def check_training_rewards(cfg: Config, cli_options: dict | None = None) -> None
     all up front from the configs (no model is built).
 
     Raises:
-        MissingRewardWeightsError: naming the first missing file and where it comes from.
+        MissingRewardWeightsError: naming every reward with missing files and their sources.
     """
-    from rtdmd.rewards.weights import check_reward_weights
+    from rtdmd.rewards.weights import check_all_reward_weights
 
     configs = ([stage_config(cfg, {k: v for k, v in stage.items() if k != 'init_from'},
                              cli_options) for stage in cfg.stages]
                if cfg.get('stages') else [cfg])
-    for sub in configs:
-        rewards = sub.get('model', {}).get('rewards') or {}
-        for spec in rewards.values():
-            if isinstance(spec, dict) and isinstance(spec.get('scorer'), dict):
-                check_reward_weights(spec['scorer'])
+    scorers = [spec['scorer'] for sub in configs
+               for spec in (sub.get('model', {}).get('rewards') or {}).values()
+               if isinstance(spec, dict) and isinstance(spec.get('scorer'), dict)]
+    check_all_reward_weights(scorers)
 
 
 def latest_checkpoint(work_dir: str) -> str:

@@ -145,12 +145,12 @@ def release_memory() -> None:
 
 
 def check_suite_weights(bench: Mapping[str, Any], suites: Sequence[str]) -> None:
-    """Every reward of ``suites`` finds its weight files (no model is built)."""
-    from rtdmd.rewards.weights import check_reward_weights
+    """Every reward of ``suites`` finds its weight files (no model is built); all missing ones
+    are named at once."""
+    from rtdmd.rewards.weights import check_all_reward_weights
 
     names = dict.fromkeys(r for s in suites for r in bench['suites'][s]['rewards'])
-    for name in names:
-        check_reward_weights(bench['rewards'][name])
+    check_all_reward_weights(bench['rewards'][name] for name in names)
 
 
 def method_slug(name: str) -> str:

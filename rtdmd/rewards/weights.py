@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import os.path as osp
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 DEFAULT_REWARD_WEIGHTS_ROOT = osp.join('weights', 'rewards')
@@ -86,17 +86,23 @@ def require_files(path: str, files: Sequence[str], source: str, scorer: str) -> 
 
 
 def require_weights(needs: Sequence[WeightFiles], scorer: str) -> None:
-    """:func:`require_files` for each entry of ``needs``, in order.
+    """:func:`require_files` for each entry of ``needs``; every incomplete one is reported.
 
     Args:
         needs: what the scorer reads (its :meth:`RewardScorer.required_weights`).
         scorer: the scorer that needs them, for the message (an entry's own ``scorer`` wins).
 
     Raises:
-        MissingRewardWeightsError: for the first entry with a missing file.
+        MissingRewardWeightsError: one paragraph per entry with a missing file, in order.
     """
+    problems = []
     for need in needs:
-        require_files(need.folder, need.files, need.source, need.scorer or scorer)
+        try:
+            require_files(need.folder, need.files, need.source, need.scorer or scorer)
+        except MissingRewardWeightsError as err:
+            problems.append(str(err))
+    if problems:
+        raise MissingRewardWeightsError('\n\n'.join(problems))
 
 
 def _reward_class(kind: Any) -> type:
@@ -158,3 +164,23 @@ def check_reward_weights(reward_cfg: Mapping[str, Any]) -> None:
     """
     # Every entry names its scorer, so the fallback name is never shown.
     require_weights(config_required_weights(reward_cfg), scorer='')
+
+
+def check_all_reward_weights(reward_cfgs: Iterable[Mapping[str, Any]]) -> None:
+    """:func:`check_reward_weights` for several rewards, reporting every missing one at once
+    (so one look at the message tells everything to download).
+
+    Raises:
+        MissingRewardWeightsError: one message per reward whose files are missing.
+    """
+    problems = []
+    for cfg in reward_cfgs:
+        try:
+            check_reward_weights(cfg)
+        except MissingRewardWeightsError as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise MissingRewardWeightsError(problems[0])
+    if problems:
+        raise MissingRewardWeightsError(f'{len(problems)} reward models are missing weights:\n\n'
+                                        + '\n\n'.join(problems))

@@ -166,8 +166,9 @@ def test_multi_reward_checks_its_members(tmp_path: Path) -> None:
     needs = config_required_weights(cfg)
     assert [n.scorer for n in needs] == ['HPSv2', 'PickScore']
     message = _message(cfg)
-    # the member's own name and message, as building it would give
-    assert message == _message(_cfg('HPSv2', tmp_path))
+    # every member's own name and message, as building each would give, all at once
+    assert message == (_message(_cfg('HPSv2', tmp_path)) + '\n\n'
+                       + _message(_cfg('PickScore', tmp_path)))
     _touch(needs[:1])
     assert 'the PickScore reward weights' in _message(cfg)
     _touch(needs)

@@ -128,7 +128,13 @@ def test_missing_reward_weights_stop_the_pipeline_before_stage_one(tmp_path: Pat
                         '--cfg-options', f'weights_root={root}', *options],
                        env={'RTDMD_REWARD_WEIGHTS': str(rewards)})
     assert result.returncode != 0
-    expected = rewards / 'clip-vit-large-patch14' / 'config.json'
-    assert 'error: the CLIPScore reward weights are not at' in result.stderr
-    assert str(expected) in result.stderr and 'Traceback' not in result.stderr
+    assert 'error: 4 reward models are missing weights' in result.stderr  # all named at once
+    for scorer, expected in (('CLIPScore', 'clip-vit-large-patch14/config.json'),
+                             ('HPSv2', 'HPS_v2.1_compressed.pt'),
+                             ('PickScore', 'PickScore_v1/config.json'),
+                             ('GenEvalReward', 'mask2former-swin-small-coco-instance/config.json'),
+                             ('GenEvalReward', 'clip-vit-large-patch14/config.json')):
+        assert f'the {scorer} reward weights are not at' in result.stderr
+        assert str(rewards / expected) in result.stderr
+    assert 'Traceback' not in result.stderr
     assert not (tmp_path / 'work' / 'ac_dmd').exists()  # nothing trained
