@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rtdmd.registry import REWARDS
+from tests.fixtures.flux2 import qwen_tokenizer
 
 # Qwen3-VL's chat template, reduced to one user turn of image / text parts; like Qwen3's it closes
 # an empty think block after the generation prompt when enable_thinking is False.
@@ -32,18 +33,9 @@ QUESTION_SUFFIX = ' Answer in one word.'
 
 
 def _tokenizer():
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import Qwen2Tokenizer
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    for a, b in MERGES:
-        vocab.setdefault(a + b, len(vocab))
-    for token in SPECIAL:
-        vocab[token] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=list(MERGES), unk_token=None,
-                         eos_token='<|im_end|>', pad_token='<|endoftext|>')
-    tok.add_special_tokens({'additional_special_tokens': list(SPECIAL[1:])})
-    return tok, vocab
+    """The tokenizer and its vocabulary (token -> id)."""
+    tok = qwen_tokenizer(MERGES, SPECIAL, chat_template=None)
+    return tok, tok.get_vocab()
 
 
 @pytest.fixture(scope='module')

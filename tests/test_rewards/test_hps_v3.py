@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rtdmd.registry import REWARDS
+from tests.fixtures.flux2 import qwen_tokenizer
 
 pytest.importorskip('transformers')
 
@@ -101,14 +102,7 @@ def _tiny_flat_config() -> dict:
 
 def _tiny_tokenizer():
     """An offline byte-level BPE Qwen2 tokenizer with Qwen2-VL's special tokens."""
-    from transformers import Qwen2Tokenizer
-
-    vocab = dict(VOCAB)
-    for token in SPECIAL:
-        vocab[token] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=list(MERGES), unk_token=None,
-                         eos_token='<|im_end|>', pad_token='<|endoftext|>')
-    tok.add_special_tokens({'additional_special_tokens': list(SPECIAL[1:])})
+    tok = qwen_tokenizer(MERGES, SPECIAL, chat_template=None, vocab=VOCAB)
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL] == [IDS[t] for t in SPECIAL]
     return tok
 
