@@ -45,7 +45,12 @@ class RewardScorer(nn.Module):
 
     def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
                 metadata: Sequence[dict] | None = None) -> Tensor:
-        raise NotImplementedError
+        """Rewards ``(B,)``. A scorer implements this or :meth:`score_details`; the default reads
+        the reward off :meth:`score_details`."""
+        if type(self).score_details is RewardScorer.score_details:
+            raise NotImplementedError(f'{type(self).__name__} implements neither forward nor '
+                                      f'score_details')
+        return self.score_details(samples, prompts, metadata)[MAIN_SCORE]
 
     def score_details(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
                       metadata: Sequence[dict] | None = None) -> dict[str, Tensor]:
@@ -54,6 +59,7 @@ class RewardScorer(nn.Module):
         Returns ``{MAIN_SCORE: (B,) reward, key: (B,) figure, ...}``; the benchmark harness
         reports an extra figure as ``<reward name>/<key>``. A NaN in an extra figure means "does
         not apply to this sample" (e.g. a per-tag accuracy for a prompt of another tag) and is
-        left out of that figure's statistics. The default has the reward only.
+        left out of that figure's statistics. The default has the reward only; a scorer that
+        overrides this gets :meth:`forward` for free.
         """
         return {MAIN_SCORE: self(samples, prompts, metadata)}

@@ -229,10 +229,6 @@ class GenEvalReward(RewardScorer):
             details[f'accuracy/{tag}'] = torch.where(is_tag, acc, torch.full_like(acc, math.nan))
         return details
 
-    def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor | None = None,
-                metadata: Sequence[dict] | None = None) -> Tensor:
-        """Partial scores ``(B,)`` of images ``(B, 3, H, W)`` in [0, 1] for their metadata."""
-        return self.score_details(samples, prompts, metadata)[MAIN_SCORE]
 
     def extra_repr(self) -> str:
         return f'detector_path={self.detector_path!r}, clip_path={self.clip_path!r}'

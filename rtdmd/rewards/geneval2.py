@@ -250,10 +250,6 @@ class GenEval2Reward(RewardScorer):
         out.update({SKILL_PREFIX + s: v.float().to(samples.device) for s, v in per_skill.items()})
         return out
 
-    def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor | None = None,
-                metadata: Sequence[dict] | None = None) -> Tensor:
-        """Scores ``(B,)`` in [0, 1] (``-10`` for a prompt without atoms) of ``(B, 3, H, W)``."""
-        return self.score_details(samples, prompts, metadata)[MAIN_SCORE]
 
     def extra_repr(self) -> str:
         return f'path={self.path!r}, max_batch={self.max_batch}, floor={self.floor}'

@@ -242,10 +242,6 @@ class OCRReward(RewardScorer):
         reward = torch.tensor(rewards, dtype=torch.float32, device=samples.device)
         return {MAIN_SCORE: reward, 'exact_match': (reward == 1).float()}
 
-    def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
-                metadata: Sequence[dict] | None = None) -> Tensor:
-        """Rewards ``(B,)`` in [0, 1] of images ``(B, 3, H, W)`` in [0, 1] for their prompts."""
-        return self.score_details(samples, prompts, metadata)[MAIN_SCORE]
 
     def extra_repr(self) -> str:
         return (f'det_model_path={self.det_model_path!r}, '
