@@ -23,7 +23,7 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.engine.pipeline import check_stage_options, split_stage_options  # noqa: E402
+from rtdmd.apis.stages import check_stage_options, split_stage_options  # noqa: E402
 from rtdmd.models.backbones.pretrained import MissingWeightsError  # noqa: E402
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches  # noqa: E402
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     apply_mmengine_patches()
-    from rtdmd.engine.export import export_pipeline, stage_to_export
+    from rtdmd.apis.export import export_pipeline, stage_to_export
     try:
         cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
         if cfg.get('work_dir') is None:

@@ -35,8 +35,8 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout
 
-from tests.fixtures.flux2 import qwen_tokenizer  # noqa: E402
-from tests.fixtures.sd3 import _clip_encoder, _clip_tokenizer, _t5_tokenizer  # noqa: E402
+from rtdmd.testing.flux2 import qwen_tokenizer  # noqa: E402
+from rtdmd.testing.sd3 import _clip_encoder, _clip_tokenizer, _t5_tokenizer  # noqa: E402
 
 # FLUX.2-klein 4B (black-forest-labs/FLUX.2-klein-base-4B / -4B), shared/ENVIRONMENT.md: 5 double
 # + 20 single blocks, 24 heads x 128, joint_attention_dim 7680 = 3 stacked Qwen3-4B layers of 2560,

@@ -25,8 +25,8 @@ from mmengine.config import DictAction
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
 
-from rtdmd.engine import sweep as grid  # noqa: E402
-from rtdmd.engine.pipeline import default_work_dir  # noqa: E402
+from rtdmd.apis import sweep as grid  # noqa: E402
+from rtdmd.apis.stages import default_work_dir  # noqa: E402
 
 CHECKPOINT = '<last checkpoint>'  # filled in once the point has trained
 
@@ -71,7 +71,7 @@ def show(cmd: list[str], job: grid.Job) -> str:
 
 def run_job(job: grid.Job, config: str, env: dict) -> bool:
     """Run a point's commands into its ``sweep.log``; True if its metrics file appeared."""
-    from rtdmd.engine.pipeline import latest_checkpoint
+    from rtdmd.apis.stages import latest_checkpoint
 
     os.makedirs(job.work_dir, exist_ok=True)
     print(f'{job.point.name}: running, log in {job.work_dir}/sweep.log', flush=True)

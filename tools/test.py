@@ -25,7 +25,8 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.engine.pipeline import check_stage_options, default_work_dir, split_stage_options  # noqa: E402
+from rtdmd.apis.pipeline import check_pipeline  # noqa: E402
+from rtdmd.apis.stages import default_work_dir, split_stage_options  # noqa: E402
 from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
 
@@ -76,7 +77,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def benchmark_request(args: argparse.Namespace):
-    from rtdmd.engine.benchmarking import BenchmarkRequest
+    from rtdmd.apis.benchmarks import BenchmarkRequest
 
     models = args.models or (['pipeline'] if args.pipeline else ['student'])
     req = BenchmarkRequest(
@@ -105,12 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     default = default_work_dir(args.config)
     cfg.work_dir = args.work_dir or (default if cfg.get('stages') else osp.join(default, 'test'))
     try:
-        check_stage_options(cfg, args.cfg_options)
+        check_pipeline(cfg, args.cfg_options)
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.benchmarks is not None:
         from rtdmd.datasets.text_prompts import PromptFileError
-        from rtdmd.engine.benchmarking import check_request, run_benchmarks
+        from rtdmd.apis.benchmarks import check_request, run_benchmarks
         from rtdmd.evaluation.benchmark import SettingsMismatchError
         req = benchmark_request(args)
         try:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     init_distributed(args.launcher)
 
-    from rtdmd.engine.pipeline import run_test
+    from rtdmd.apis.pipeline import run_test
     run_test(cfg, args.checkpoint, args.cfg_options)
 
 

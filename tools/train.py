@@ -65,7 +65,7 @@ def check_weights_first(args: argparse.Namespace) -> None:
 
 
 def build_cfg(args: argparse.Namespace):
-    from rtdmd.engine.pipeline import default_work_dir, split_stage_options
+    from rtdmd.apis.stages import default_work_dir, split_stage_options
     from rtdmd.utils.config import load_config
 
     cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
@@ -83,19 +83,19 @@ def build_cfg(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_weights_first(args)
-    from rtdmd.engine.pipeline import check_stage_options  # heavy imports from here on
+    from rtdmd.apis.pipeline import check_pipeline  # heavy imports from here on
     from rtdmd.utils.config import ConfigError
     from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed
 
     apply_mmengine_patches()
     try:
         cfg = build_cfg(args)
-        check_stage_options(cfg, args.cfg_options)
+        check_pipeline(cfg, args.cfg_options)
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     init_distributed(args.launcher)
 
-    from rtdmd.engine.pipeline import run_training  # heavy imports after validation
+    from rtdmd.apis.pipeline import run_training  # heavy imports after validation
     from rtdmd.models.backbones.pretrained import MissingWeightsError
     from rtdmd.rewards.weights import MissingRewardWeightsError
     try:

@@ -32,6 +32,9 @@ from torch import Tensor, nn
 
 from rtdmd.models.samplers.cps import CPSSampler, EulerSampler
 
+#: Name of the provenance file ``tools/export.py`` writes next to ``model_index.json``.
+EXPORT_RECORD = 'rtdmd_export.json'
+
 
 def sample_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per sample, seeded with its seed."""
@@ -114,7 +117,6 @@ class PipelineGenerator:
         from diffusers import DiffusionPipeline
 
         import rtdmd.models.samplers.cps_scheduler  # noqa: F401  (diffusers finds CPSScheduler)
-        from rtdmd.engine.export import EXPORT_RECORD
 
         record_file = osp.join(path, EXPORT_RECORD)
         if not osp.isfile(osp.join(path, 'model_index.json')) or not osp.isfile(record_file):
@@ -146,5 +148,5 @@ class PipelineGenerator:
                     eta=self.record.get('eta'), call_kwargs=self.call_kwargs)
 
 
-__all__ = ['PipelineGenerator', 'StudentGenerator', 'TeacherGenerator', 'per_sample_normal',
+__all__ = ['EXPORT_RECORD', 'PipelineGenerator', 'StudentGenerator', 'TeacherGenerator', 'per_sample_normal',
            'sample_generators', 'sample_per_seed']

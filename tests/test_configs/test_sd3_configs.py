@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from rtdmd.engine.pipeline import check_stage_options, stage_config
+from rtdmd.apis.stages import check_stage_options, stage_config
 from rtdmd.utils.config import load_config
 
 MODELS = {

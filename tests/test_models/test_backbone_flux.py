@@ -15,8 +15,8 @@ from rtdmd.models.backbones.pretrained import MissingWeightsError
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
-from tests.fixtures.backbone_utils import latent_noise, randomize_lora
-from tests.fixtures.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
+from rtdmd.testing.lora import latent_noise, randomize_lora
+from rtdmd.testing.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
 
 PROMPTS = ['a photo of a cat', 'two red apples on the table']
 STEPS = [1000, 750, 500, 250]

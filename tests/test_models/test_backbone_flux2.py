@@ -14,8 +14,8 @@ from rtdmd.models.backbones.pretrained import MissingWeightsError
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
-from tests.fixtures.backbone_utils import latent_noise, randomize_lora
-from tests.fixtures.flux2 import (
+from rtdmd.testing.lora import latent_noise, randomize_lora
+from rtdmd.testing.flux2 import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RESOLUTION,
     TINY_TEXT_ENCODER_OUT_LAYERS,

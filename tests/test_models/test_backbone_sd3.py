@@ -15,8 +15,8 @@ from rtdmd.models.backbones.sd3 import SD3Backbone
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
-from tests.fixtures.backbone_utils import latent_noise, randomize_lora
-from tests.fixtures.sd3 import TINY_RESOLUTION, build_sd3_dir
+from rtdmd.testing.lora import latent_noise, randomize_lora
+from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
 
 PROMPTS = ['a photo of a cat', 'two red apples on the table']
 STEPS = [1000, 750, 500, 250]

@@ -127,9 +127,9 @@ def test_rtdmd_exposes_it_for_diffusers_loading() -> None:
 
 # Tiny pipelines of the families (fixtures written per family); skipped where not there yet.
 _FAMILIES = {
-    'sd3': ('tests.fixtures.sd3', 'build_sd3_pipeline', {}),
-    'flux': ('tests.fixtures.flux', 'build_flux_pipeline', dict(max_sequence_length=16)),
-    'flux2': ('tests.fixtures.flux2', 'build_flux2_klein_pipeline',
+    'sd3': ('rtdmd.testing.sd3', 'build_sd3_pipeline', {}),
+    'flux': ('rtdmd.testing.flux', 'build_flux_pipeline', dict(max_sequence_length=16)),
+    'flux2': ('rtdmd.testing.flux2', 'build_flux2_klein_pipeline',
               dict(max_sequence_length=16, text_encoder_out_layers=(1, 2, 3))),
 }
 

@@ -12,20 +12,20 @@ import torch
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
 from rtdmd.datasets.text_prompts import load_benchmark
-from rtdmd.engine.pipeline import check_training_rewards
+from rtdmd.apis.pipeline import check_training_rewards
 from rtdmd.registry import MODELS
 from rtdmd.rewards.weights import MissingRewardWeightsError
 from rtdmd.utils.config import load_config
 from rtdmd.utils.setup_env import register_all_modules
 from tests.conftest import REPO
-from tests.fixtures.rewards import (
+from rtdmd.testing.rewards import (
     TINY,
     build_tiny_clip_dir,
     build_tiny_geneval_dirs,
     build_tiny_hps_v2,
     register_tiny_hps_architecture,
 )
-from tests.fixtures.sd3 import TINY_RESOLUTION, build_sd3_dir
+from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
 
 pytest.importorskip('open_clip')
 

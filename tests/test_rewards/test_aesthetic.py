@@ -16,7 +16,7 @@ from torch import nn
 from rtdmd.registry import REWARDS
 from rtdmd.rewards.aesthetic import MLP_FILE
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.fixtures.rewards import build_tiny_clip_dir
+from rtdmd.testing.rewards import build_tiny_clip_dir
 from tests.test_rewards.test_clip_score import _photos
 
 

@@ -16,7 +16,7 @@ import torch
 from rtdmd.registry import REWARDS
 from rtdmd.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.fixtures.rewards import build_tiny_clip_dir
+from rtdmd.testing.rewards import build_tiny_clip_dir
 
 PROMPTS = ['a photo of a cat', 'the red car', 'two dogs on a table']
 

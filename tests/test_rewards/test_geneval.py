@@ -22,7 +22,7 @@ from rtdmd.rewards import geneval as G
 from rtdmd.rewards import geneval_rules as R
 from rtdmd.rewards.geneval_rules import Detection
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.fixtures.rewards import build_tiny_geneval_dirs
+from rtdmd.testing.rewards import build_tiny_geneval_dirs
 
 NAMES = R.load_class_names()
 SIZE = 384  # the scorer's detector input in the tests (transformers' fixed post-processing grid)

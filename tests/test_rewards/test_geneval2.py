@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rtdmd.registry import REWARDS
-from tests.fixtures.flux2 import qwen_tokenizer
+from rtdmd.testing.flux2 import qwen_tokenizer
 
 # Qwen3-VL's chat template, reduced to one user turn of image / text parts; like Qwen3's it closes
 # an empty think block after the generation prompt when enable_thinking is False.

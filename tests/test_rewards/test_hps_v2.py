@@ -9,7 +9,7 @@ from rtdmd.registry import REWARDS
 
 open_clip = pytest.importorskip('open_clip')
 
-from tests.fixtures.rewards import (  # noqa: E402
+from rtdmd.testing.rewards import (  # noqa: E402
     TINY,
     build_tiny_hps_v2,
     register_tiny_hps_architecture,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtdmd.registry import REWARDS
-from tests.fixtures.flux2 import qwen_tokenizer
+from rtdmd.testing.flux2 import qwen_tokenizer
 
 pytest.importorskip('transformers')
 

@@ -16,7 +16,7 @@ import torch
 
 from rtdmd.registry import REWARDS
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from tests.fixtures.rewards import build_tiny_clip_dir
+from rtdmd.testing.rewards import build_tiny_clip_dir
 from tests.test_rewards.test_clip_score import PROMPTS, _photos
 
 #: PickScore_v1's learnt temperature is about exp(4.6) ~ 100; any value checks the scaling.

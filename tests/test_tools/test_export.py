@@ -20,13 +20,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from rtdmd.engine.export import EXPORT_RECORD, load_trained_model
+from rtdmd.apis.export import EXPORT_RECORD, load_trained_model
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers import CPSSampler
 from rtdmd.models.samplers.cps_scheduler import CPSScheduler
 from rtdmd.utils.config import load_config
 from tests.conftest import REPO
-from tests.fixtures.backbone_utils import STANDIN_REWARDS, train_like_checkpoint
+from rtdmd.testing.lora import STANDIN_REWARDS, train_like_checkpoint
 
 PROMPTS = ['a photo of a red car', 'two dogs']
 RANK, ALPHA = 4, 8
@@ -81,14 +81,14 @@ class Family:
 
 
 FAMILIES = {
-    'sd3': Family(('tests.fixtures.sd3', 'build_sd3_dir'),
+    'sd3': Family(('rtdmd.testing.sd3', 'build_sd3_dir'),
                   dict(type='SD3Backbone', pretrained='stable-diffusion-3-medium-diffusers',
                        max_sequence_length=16)),
-    'flux': Family(('tests.fixtures.flux', 'build_flux_dir'),
+    'flux': Family(('rtdmd.testing.flux', 'build_flux_dir'),
                    dict(type='FluxBackbone', pretrained='FLUX.1-dev', max_sequence_length=16),
                    pack=_flux_pack, unpack=_flux_unpack, latents=_flux_pack, finish=_flux_pack,
                    exact=False),
-    'flux2': Family(('tests.fixtures.flux2', 'build_flux2_klein_dirs'),
+    'flux2': Family(('rtdmd.testing.flux2', 'build_flux2_klein_dirs'),
                     dict(type='Flux2KleinBackbone', pretrained='FLUX.2-klein-base-4B',
                          generator_init='FLUX.2-klein-4B', max_sequence_length=16,
                          text_encoder_out_layers=(1, 2, 3)),
@@ -240,7 +240,7 @@ def test_exported_pipeline_samples_like_rtdmds_sampler(exported: dict) -> None:
 
 
 def test_cli_refuses_what_it_cannot_export(tmp_path: Path) -> None:
-    from rtdmd.engine.export import build_pipeline
+    from rtdmd.apis.export import build_pipeline
 
     tool = _export_tool()
     out = ['--out', str(tmp_path / 'out')]
@@ -300,7 +300,7 @@ def test_stage2_checkpoint_merges_both_loras_without_the_stage1_file(exported: d
                                                                      tmp_path: Path) -> None:
     """Stage 2 stacks stage 1's LoRA (frozen) under a fresh one; both are merged. The stage-1
     checkpoint (``init_checkpoint``) is not needed: the stage-2 checkpoint holds both."""
-    from rtdmd.engine.export import export_pipeline
+    from rtdmd.apis.export import export_pipeline
 
     state = _stage2_checkpoint(exported['cfg'], tmp_path / 'stage2.pth')
     export_pipeline(exported['cfg'], str(tmp_path / 'stage2.pth'), str(tmp_path / 'out'))
@@ -309,8 +309,8 @@ def test_stage2_checkpoint_merges_both_loras_without_the_stage1_file(exported: d
 
 def test_rtdmd_leaf_config_with_stages_exports_its_last_stage(tmp_path: Path) -> None:
     """configs/rtdmd/sd3m_4step.py trains stage 1 then stage 2; --stage defaults to the last."""
-    from rtdmd.engine.export import stage_to_export
-    from tests.fixtures.sd3 import build_sd3_dir
+    from rtdmd.apis.export import stage_to_export
+    from rtdmd.testing.sd3 import build_sd3_dir
 
     config = REPO / 'configs/rtdmd/sd3m_4step.py'
     if not config.is_file():

@@ -1,4 +1,4 @@
-"""tools/sweep.py and rtdmd/engine/sweep.py: grid, command lines, strict specs, a real sweep."""
+"""tools/sweep.py and rtdmd/apis/sweep.py: grid, command lines, strict specs, a real sweep."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from rtdmd.engine.sweep import (
+from rtdmd.apis.sweep import (
     SweepError,
     collect,
     format_options,
@@ -123,7 +123,7 @@ def test_a_mistyped_key_fails_every_point_before_anything_runs(tmp_path: Path) -
 def test_ablation_grid_reaches_both_stages_and_names_real_metrics(tmp_path: Path) -> None:
     """The stage-scoped gamma key (`ac_dmd:...`) reaches stage 1 only; the plain keys reach the
     RTDMD stage, which uses the pipeline's own file."""
-    from rtdmd.engine.pipeline import split_stage_options, stage_config
+    from rtdmd.apis.stages import split_stage_options, stage_config
     from rtdmd.evaluation.analytic_report import COLUMNS
     from rtdmd.utils.config import load_config
 

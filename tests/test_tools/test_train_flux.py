@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.fixtures.backbone_utils import STANDIN_REWARD_OPTIONS
-from tests.fixtures.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
+from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
+from rtdmd.testing.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
 
 CONFIG = 'configs/rtdmd/flux1_dev_4step.py'
 

@@ -13,8 +13,8 @@ import torch
 
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from tests.conftest import REPO
-from tests.fixtures.backbone_utils import STANDIN_REWARD_OPTIONS
-from tests.fixtures.flux2 import (
+from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
+from rtdmd.testing.flux2 import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RESOLUTION,
     TINY_TEXT_ENCODER_OUT_LAYERS,

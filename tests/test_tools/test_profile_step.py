@@ -1,4 +1,4 @@
-"""tools/benchmark.py: the figures it prints and its FLOP counts against analytic ones.
+"""tools/profile_step.py: the figures it prints and its FLOP counts against analytic ones.
 
 FLOP conventions: fvcore counts one multiply-add as 1 flop, torch's ``FlopCounterMode`` as 2.
 The analytic count below uses 2 (``2 * in * out * B`` per Linear), so it must equal twice the
@@ -27,8 +27,8 @@ TORCH = 'generator forward flops, FlopCounterMode (1 mult-add = 2)'
 
 
 def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('rtdmd_tools_benchmark',
-                                                  REPO / 'tools' / 'benchmark.py')
+    spec = importlib.util.spec_from_file_location('rtdmd_tools_profile_step',
+                                                  REPO / 'tools' / 'profile_step.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,10 +40,10 @@ def value(output: str, label: str) -> str:
     return match.group(1)
 
 
-def test_benchmark_prints_figures_and_exact_linear_flops() -> None:
+def test_profile_step_prints_figures_and_exact_linear_flops() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
     result = subprocess.run(
-        [sys.executable, 'tools/benchmark.py', CONFIG, '--iters', '2', '--warmup', '1',
+        [sys.executable, 'tools/profile_step.py', CONFIG, '--iters', '2', '--warmup', '1',
          '--device', 'cpu', '--cfg-options', *TINY_TOY_OPTIONS],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

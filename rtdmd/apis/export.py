@@ -29,6 +29,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
 from rtdmd.models.lora import FROZEN_STAGE, merge_lora
+from rtdmd.evaluation.generators import EXPORT_RECORD
 from rtdmd.registry import MODELS
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from rtdmd.version import __version__
@@ -36,8 +37,6 @@ from rtdmd.version import __version__
 __all__ = ['EXPORT_RECORD', 'build_pipeline', 'export_pipeline', 'load_trained_model',
            'sampling_model_config', 'stage_to_export', 'student_schedule']
 
-#: Name of the provenance file written next to ``model_index.json``.
-EXPORT_RECORD = 'rtdmd_export.json'
 #: Pipeline call arguments a backbone may hold as attributes of the same name (its text encoding).
 _TEXT_ENCODING_ARGS = ('max_sequence_length', 'text_encoder_out_layers')
 
@@ -49,7 +48,7 @@ def stage_to_export(cfg: Config, stage: str | None = None,
     The RTDMD leaf configs train stage 1 and then stage 2 (their ``stages``); a checkpoint belongs
     to one of them. ``init_from`` is dropped: the checkpoint holds every LoRA.
     """
-    from rtdmd.engine.pipeline import stage_config
+    from rtdmd.apis.stages import stage_config
 
     stages = {s['name']: s for s in cfg.stages}
     name = stage or cfg.stages[-1]['name']

@@ -173,7 +173,8 @@ def value_label(value: Any) -> str:
 
 def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
     """One job per point; every point's config, and each of its stages', loads and validates."""
-    from rtdmd.engine.pipeline import check_stage_options, split_stage_options
+    from rtdmd.apis.pipeline import check_pipeline
+    from rtdmd.apis.stages import split_stage_options
     from rtdmd.utils.config import load_config
 
     jobs, errors = [], []
@@ -185,7 +186,7 @@ def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
             format_options(options)
             cfg = load_config(sweep.config, split_stage_options(options)[0])
             cfg.work_dir = point_dir
-            check_stage_options(cfg, options)  # validates every stage too
+            check_pipeline(cfg, options)  # validates every stage too
         except (ValueError, KeyError, TypeError, OSError) as err:  # ConfigError, SweepError, ...
             errors.append(f'{where}: {err}')
             continue

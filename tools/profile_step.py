@@ -1,6 +1,6 @@
 """Time ``train_step`` and count the FLOPs of one generator forward for a config.
 
-    python tools/benchmark.py CONFIG [--iters N] [--warmup W] [--device cpu|cuda]
+    python tools/profile_step.py CONFIG [--iters N] [--warmup W] [--device cpu|cuda]
                                      [--cfg-options k=v ...]
 
 The config is validated as by tools/train.py; model, optimizer wrappers and train dataloader are
@@ -38,7 +38,7 @@ from rtdmd.utils.setup_env import register_all_modules  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Time and FLOPs of an rtdmd training step.')
+    parser = argparse.ArgumentParser(description='Time, memory and FLOPs of one rtdmd training step.')
     parser.add_argument('config', help='config file path')
     parser.add_argument('--iters', type=int, default=20, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')

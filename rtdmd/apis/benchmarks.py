@@ -128,7 +128,7 @@ def run_benchmarks(cfg: Config, req: BenchmarkRequest, cli_options: dict | None 
 
 def _model_config(cfg: Config, req: BenchmarkRequest, cli_options: dict | None) -> Config:
     if cfg.get('stages'):
-        from rtdmd.engine.export import stage_to_export
+        from rtdmd.apis.export import stage_to_export
         return stage_to_export(cfg, req.stage, cli_options)
     return cfg
 
@@ -137,7 +137,7 @@ def _student_checkpoint(cfg: Config, req: BenchmarkRequest) -> str:
     if req.checkpoint:
         return req.checkpoint
     if cfg.get('stages'):
-        from rtdmd.engine.pipeline import final_checkpoint
+        from rtdmd.apis.stages import final_checkpoint
         return final_checkpoint(cfg, req.stage or cfg.stages[-1]['name'])
     if cfg.get('load_from'):
         return cfg.load_from
@@ -158,7 +158,7 @@ def _build_generator(cfg: Config, req: BenchmarkRequest, kind: str, bench: dict,
                   pretrained=model_cfg.backbone.get('pretrained'),
                   dtype=model_cfg.backbone.get('dtype'))
     if kind == 'student':
-        from rtdmd.engine.export import load_trained_model
+        from rtdmd.apis.export import load_trained_model
         checkpoint = _student_checkpoint(cfg, req)
         model, ema = load_trained_model(model_cfg, checkpoint, req.use_ema)
         gen = StudentGenerator(model.to(req.device))
@@ -173,7 +173,7 @@ def _build_generator(cfg: Config, req: BenchmarkRequest, kind: str, bench: dict,
         guidance = teacher.get('guidance_scale')
     if guidance is None:
         guidance = model_cfg.model.get('teacher_guidance', 1.0)
-    from rtdmd.engine.export import sampling_model_config
+    from rtdmd.apis.export import sampling_model_config
     model = MODELS.build(sampling_model_config(model_cfg.model)).eval().to(req.device)
     gen = TeacherGenerator(model, int(steps), float(guidance))
     return gen, dict(gen.settings(), **common)

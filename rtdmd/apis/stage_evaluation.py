@@ -11,13 +11,14 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from rtdmd.engine.pipeline import latest_checkpoint
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import MODELS, REWARDS
 from rtdmd.utils.config import ConfigError
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 
-from .analytic_report import evaluate_models, format_table
+from rtdmd.evaluation.analytic_report import evaluate_models, format_table
+
+from .stages import latest_checkpoint
 
 EVALUATION_DEFAULTS = dict(models=None, samples_per_class=4096, num_projections=256,
                            reference_draws=5, beta=None, beta_grid_max=2.0, seed=0)
