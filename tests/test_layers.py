@@ -113,7 +113,8 @@ def test_no_import_cycle_inside_the_package() -> None:
 
 
 def test_nothing_below_apis_imports_apis() -> None:
-    wrong = sorted(f'{m} -> {t}' for m, targets in _graph().items() if not m.startswith('rtdmd.apis')
+    wrong = sorted(f'{m} -> {t}' for m, targets in _graph().items()
+                   if not m.startswith('rtdmd.apis')
                    for t in targets if t.startswith('rtdmd.apis'))
     assert not wrong, f'modules below rtdmd.apis import it: {wrong}'
 

@@ -7,7 +7,8 @@
 Phases per model: ``write_snapshot`` (a random-weight diffusers pipeline directory, safetensors),
 ``load_stage1`` / ``stage1_iteration`` (``ACDMDDistiller`` of ``configs/ac_dmd/<model>_4step.py``
 through the production backbone; one ``train_step`` with ``fake_update_ratio=1`` and
-``random_stop=False``: a fake-score and a generator update, all steps run), ``load_stage2`` /
+``FinalStepMatching``, no random stop: a fake-score and a generator update, all steps run),
+``load_stage2`` /
 ``stage2_policy_step`` (``RTDMDDistiller`` of ``configs/rtdmd/...`` on the stage-1 LoRA with
 ``ImageBrightnessReward``; one RL epoch). bf16 weights, gradient checkpointing; peak memory is
 CUDA ``max_memory_allocated``, reset before each phase. ``--scale full``: real-size transformers
@@ -155,7 +156,9 @@ def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argpar
 
     def load() -> tuple[Any, Any]:
         distiller = MODELS.build(cfg.model).to(device)
-        return distiller, build_optim_wrapper(distiller, cfg.optim_wrapper)
+        optim = build_optim_wrapper(distiller, cfg.optim_wrapper)
+        distiller.init_weights()  # the stage-2 warm start, after the optimizers, as the Runner
+        return distiller, optim
 
     distiller, optim = measure(rows, model, f'load_{stage}', device, load)
     data = {'prompt': prompts, 'index': list(range(len(prompts)))}
@@ -183,7 +186,8 @@ def check_model(model: str, args: argparse.Namespace, rows: list[dict]) -> None:
             common['backbone.max_sequence_length'] = 16
         lora = osp.join(root, 'stage1.pth')
         cfg = load_config(osp.join(REPO, 'configs/ac_dmd', f'{config}.py'), {
-            **common, 'model.fake_update_ratio': 1, 'model.random_stop': False})
+            **common, 'model.fake_update_ratio': 1,
+            'model.matching.type': 'FinalStepMatching'})
         run_stage(model, 'stage1', cfg, prompts, args, rows, save=lora)
         cfg = load_config(osp.join(REPO, 'configs/rtdmd', f'{config}.py'), {
             **common, 'stages': None, 'model.group_size': args.group_size,

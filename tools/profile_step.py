@@ -38,7 +38,8 @@ from rtdmd.utils.setup_env import register_all_modules  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Time, memory and FLOPs of one rtdmd training step.')
+    parser = argparse.ArgumentParser(
+        description='Time, memory and FLOPs of one rtdmd training step.')
     parser.add_argument('config', help='config file path')
     parser.add_argument('--iters', type=int, default=20, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')

@@ -5,8 +5,8 @@ sweep = dict(
     config='./toy2d_rtdmd_pipeline.py',
     axes=dict(
         gamma=dict(values=[0.0, 0.01, 0.1],
-                   keys=['ac_dmd:model.consistency_loss.loss_weight',  # stage 1 only
-                         'model.consistency_loss.loss_weight']),  # RTDMD (the pipeline's file)
+                   keys=['ac_dmd:model.matching.consistency_loss.loss_weight',  # stage 1
+                         'model.matching.consistency_loss.loss_weight']),  # the pipeline's file
         subset=dict(values=[1, 2, 3], keys=['model.subgrpo.num_train_steps'])),
     cfg_options={'evaluation.models': ['teacher', 'ac_dmd', 'rtdmd']},
     metrics=['ac_dmd.sw2_teacher', 'ac_dmd.mode_tv_teacher', 'rtdmd.beta_hat',

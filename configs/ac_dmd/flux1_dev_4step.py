@@ -6,7 +6,7 @@ _base_ = [
 ]
 # Distilled guidance: the teacher's scale 3.5 goes to the guidance embedding in one forward pass;
 # generator and fake score run at guidance 1.0 (FluxBackbone.predict_velocity, pitfall 21).
-model = dict(teacher_guidance=3.5)
+model = dict(matching=dict(teacher_guidance=3.5))
 # lr 3e-5 for generator and fake score, EMA 0.99 every step: the algorithm base's values.
 train_dataloader = dict(batch_size=9)  # per GPU; the release runs 8 GPUs (FSDP full_shard)
 # Stage 2 starts from checkpoint 15000 (15 000 fake-score and 1 500 generator steps).

@@ -5,7 +5,8 @@ _base_ = [
     '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/pickscore_train.py',
     '../_base_/evaluation/benchmarks.py',
 ]
-model = dict(teacher_guidance=4.0)  # real CFG against the empty prompt (min = max)
+# real CFG against the empty prompt (min = max)
+model = dict(matching=dict(teacher_guidance=4.0))
 # lr 1e-6 for generator and fake score (not the base's 3e-5); EMA 0.99 every step (base).
 optim_wrapper = dict(generator=dict(optimizer=dict(lr=1e-6)),
                      fake_score=dict(optimizer=dict(lr=1e-6)))

@@ -4,7 +4,8 @@ _base_ = [
     '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/pickscore_train.py',
     '../_base_/evaluation/benchmarks.py',
 ]
-model = dict(teacher_guidance=7.0)  # real CFG against the empty prompt (min = max)
+# real CFG against the empty prompt (min = max)
+model = dict(matching=dict(teacher_guidance=7.0))
 # lr 3e-5 for generator and fake score, EMA 0.99 every step: the algorithm base's values.
 train_dataloader = dict(batch_size=9)  # per GPU; the release runs 8 GPUs (FSDP full_shard)
 # Stage 2 starts from checkpoint 15000 (15 000 fake-score and 1 500 generator steps).

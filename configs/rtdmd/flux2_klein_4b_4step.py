@@ -10,7 +10,7 @@ _base_ = [
 # K = 24 samples per prompt; teacher CFG 4.0 in the final-step AC-DMD term; the fake score's
 # consistency regulariser ON for the 4B. Generator AdamW lr 3e-6 wd 1e-4, DM 1e-3, BP 1e-4
 # (margin 3), PPO clip 1e-5, EMA 0.9 every 8 steps: the algorithm base's values.
-model = dict(group_size=24, teacher_guidance=4.0, dm_layout='final_step',
+model = dict(group_size=24, matching=dict(teacher_guidance=4.0),
              rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=1e-6)))
 # Prompts per GPU per epoch: 4 x 16 GPUs (FSDP full_shard in the release) = 64 prompts, 1536 images.

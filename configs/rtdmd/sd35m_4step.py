@@ -10,7 +10,7 @@ _base_ = [
 # K = 24 samples per prompt; teacher CFG 4.5 in the final-step AC-DMD term. Generator AdamW lr
 # 3e-6 wd 1e-4, fake score lr 3e-5, DM 1e-3, BP 1e-4 (margin 3), PPO clip 1e-5, consistency on,
 # EMA 0.9 every 8 steps, DDP with find_unused_parameters: the algorithm base's values.
-model = dict(group_size=24, teacher_guidance=4.5, dm_layout='final_step',
+model = dict(group_size=24, matching=dict(teacher_guidance=4.5),
              rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=3e-5)))
 # Prompts per GPU per epoch: 6 x 8 GPUs (DDP in the release) = 48 prompts, 1152 images.

@@ -10,7 +10,7 @@ _base_ = [
 # K = 16 samples per prompt; teacher CFG 7.0 in the final-step AC-DMD term. Generator AdamW lr
 # 3e-6 wd 1e-4, fake score lr 3e-5, DM 1e-3, BP 1e-4 (margin 3), PPO clip 1e-5, consistency on,
 # EMA 0.9 every 8 steps: the algorithm base's values.
-model = dict(group_size=16, teacher_guidance=7.0, dm_layout='final_step',
+model = dict(group_size=16, matching=dict(teacher_guidance=7.0),
              rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=3e-5)))
 # Prompts per GPU per epoch: 2 x 16 GPUs (FSDP hybrid in the release) = 32 prompts, 512 images.

@@ -7,26 +7,28 @@ _base_ = [
     '../_base_/schedules/toy_rl.py',
 ]
 reward = dict(type='LinearReward', direction=[0.5, 0.8660254])  # (cos 60deg, sin 60deg)
-# Toy-scale loss weights and rates (the release's 1e-3 / 1e-4 / 3e-6 are for LoRA on DiTs).
-model = dict(group_size=16, dm_layout='random_stop', dmd_loss=dict(loss_weight=3.0),
-             policy_loss=dict(loss_weight=1.0), reward_bp_loss=dict(loss_weight=0.1))
+# Toy-scale loss weights and rates (the release's 1e-3 / 1e-4 / 3e-6 are for LoRA on DiTs); the
+# distribution matching runs on a fresh random-stop rollout, as in stage 1.
+model = dict(group_size=16,
+             matching=dict(type='RandomStopMatching', dmd_loss=dict(loss_weight=3.0)),
+             terms=dict(policy=dict(loss_weight=1.0), bp=dict(loss_weight=0.1)))
 optim_wrapper = dict(generator=dict(optimizer=dict(lr=3e-5, weight_decay=0.0)),
                      fake_score=dict(optimizer=dict(lr=1e-3)))
 train_dataloader = dict(batch_size=16)  # prompts per epoch (x group_size samples)
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=400))
 
-_no_dm = {'model.dmd_loss': None, 'model.fake_loss': None, 'model.consistency_loss': None}
 stages = [
     dict(name='ac_dmd', config='../ac_dmd/toy2d_4step.py'),
     dict(name='dmd2', config='../ac_dmd/toy2d_4step_dmd2.py'),
     dict(name='rtdmd', init_from='ac_dmd'),
     dict(name='rtdmd_final_step', init_from='ac_dmd',
-         cfg_options={'model.dm_layout': 'final_step'}),
+         cfg_options={'model.matching.type': 'FinalStepMatching'}),
     dict(name='dm_only', init_from='ac_dmd',
-         cfg_options={'model.policy_loss': None, 'model.reward_bp_loss': None}),
+         cfg_options={'model.terms.policy': None, 'model.terms.bp': None}),
     dict(name='grpo_only', init_from='ac_dmd',
-         cfg_options={**_no_dm, 'model.reward_bp_loss': None}),
-    dict(name='bp_only', init_from='ac_dmd', cfg_options={**_no_dm, 'model.policy_loss': None}),
+         cfg_options={'model.matching': None, 'model.terms.bp': None}),
+    dict(name='bp_only', init_from='ac_dmd',
+         cfg_options={'model.matching': None, 'model.terms.policy': None}),
 ]
 # N = 4096 samples per class, 256 fixed projections, SW2 averaged over 5 reference draws.
 evaluation = dict(samples_per_class=4096, num_projections=256, reference_draws=5, beta=0.2,

@@ -1,5 +1,5 @@
 # Ablation: reward back-propagation alone (no distribution matching, no GRPO), stage 2 only.
 _base_ = ['./toy2d_4step.py']
-model = dict(dmd_loss=None, fake_loss=None, consistency_loss=None, policy_loss=None)
+model = dict(matching=None, terms=dict(policy=None))
 stages = [dict(name='ac_dmd', config='../ac_dmd/toy2d_4step.py'),
           dict(name='bp_only', init_from='ac_dmd')]

@@ -1,5 +1,5 @@
 # Ablation: distribution matching + reward back-propagation (no GRPO), stage 2 only.
 _base_ = ['./toy2d_4step.py']
-model = dict(policy_loss=None)
+model = dict(terms=dict(policy=None))
 stages = [dict(name='ac_dmd', config='../ac_dmd/toy2d_4step.py'),
           dict(name='dm_bp', init_from='ac_dmd')]

@@ -1,5 +1,5 @@
 # Ablation: GRPO alone (no distribution matching, no back-propagation), stage 2 only.
 _base_ = ['./toy2d_4step.py']
-model = dict(dmd_loss=None, fake_loss=None, consistency_loss=None, reward_bp_loss=None)
+model = dict(matching=None, terms=dict(bp=None))
 stages = [dict(name='ac_dmd', config='../ac_dmd/toy2d_4step.py'),
           dict(name='grpo_only', init_from='ac_dmd')]

@@ -128,8 +128,8 @@ def run_benchmarks(cfg: Config, req: BenchmarkRequest, cli_options: dict | None 
 
 def _model_config(cfg: Config, req: BenchmarkRequest, cli_options: dict | None) -> Config:
     if cfg.get('stages'):
-        from rtdmd.apis.export import stage_to_export
-        return stage_to_export(cfg, req.stage, cli_options)
+        from rtdmd.apis.loading import stage_of
+        return stage_of(cfg, req.stage, cli_options)
     return cfg
 
 
@@ -158,7 +158,7 @@ def _build_generator(cfg: Config, req: BenchmarkRequest, kind: str, bench: dict,
                   pretrained=model_cfg.backbone.get('pretrained'),
                   dtype=model_cfg.backbone.get('dtype'))
     if kind == 'student':
-        from rtdmd.apis.export import load_trained_model
+        from rtdmd.apis.loading import load_trained_model
         checkpoint = _student_checkpoint(cfg, req)
         model, ema = load_trained_model(model_cfg, checkpoint, req.use_ema)
         gen = StudentGenerator(model.to(req.device))
@@ -172,9 +172,8 @@ def _build_generator(cfg: Config, req: BenchmarkRequest, kind: str, bench: dict,
     if guidance is None:
         guidance = teacher.get('guidance_scale')
     if guidance is None:
-        guidance = model_cfg.model.get('teacher_guidance', 1.0)
-    from rtdmd.apis.export import sampling_model_config
-    model = MODELS.build(sampling_model_config(model_cfg.model)).eval().to(req.device)
+        guidance = (model_cfg.model.get('matching') or {}).get('teacher_guidance', 1.0)
+    model = MODELS.build(model_cfg.model).eval().to(req.device)  # builds no reward model
     gen = TeacherGenerator(model, int(steps), float(guidance))
     return gen, dict(gen.settings(), **common)
 

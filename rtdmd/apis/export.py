@@ -19,94 +19,28 @@ import inspect
 import json
 import os
 import os.path as osp
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
-from rtdmd.models.lora import FROZEN_STAGE, merge_lora
 from rtdmd.evaluation.generators import EXPORT_RECORD
-from rtdmd.registry import MODELS
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+from rtdmd.models.lora import merge_lora
 from rtdmd.version import __version__
 
-__all__ = ['EXPORT_RECORD', 'build_pipeline', 'export_pipeline', 'load_trained_model',
-           'sampling_model_config', 'stage_to_export', 'student_schedule']
+from .loading import load_trained_model
+
+__all__ = ['EXPORT_RECORD', 'build_pipeline', 'export_pipeline', 'student_schedule']
 
 #: Pipeline call arguments a backbone may hold as attributes of the same name (its text encoding).
 _TEXT_ENCODING_ARGS = ('max_sequence_length', 'text_encoder_out_layers')
 
 
-def stage_to_export(cfg: Config, stage: str | None = None,
-                    cli_options: dict | None = None) -> Config:
-    """The config of one stage of a pipeline config (``stages``); default the last stage.
-
-    The RTDMD leaf configs train stage 1 and then stage 2 (their ``stages``); a checkpoint belongs
-    to one of them. ``init_from`` is dropped: the checkpoint holds every LoRA.
-    """
-    from rtdmd.apis.stages import stage_config
-
-    stages = {s['name']: s for s in cfg.stages}
-    name = stage or cfg.stages[-1]['name']
-    if name not in stages:
-        raise KeyError(f'no stage {name!r} in this config; its stages are {list(stages)}')
-    if cfg.get('work_dir') is None:
-        cfg.work_dir = 'work_dirs'  # stage_config names the stage's work dir below it
-    return stage_config(cfg, {k: v for k, v in stages[name].items() if k != 'init_from'},
-                        cli_options)
-
-
-def sampling_model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``model_cfg`` for a distiller that only samples (export, benchmarks, the teacher).
-
-    No ``init_checkpoint`` (a training checkpoint holds every LoRA, stage 1's too; the teacher
-    needs none), and the stage-2 reward models, which sampling never calls, replaced by a
-    weightless stand-in: exporting or evaluating a model needs no reward weights and loads no
-    reward model (reward weights are not in checkpoints either).
-    """
-    model_cfg = dict(model_cfg)
-    model_cfg.pop('init_checkpoint', None)
-    if 'rewards' in model_cfg:
-        model_cfg['rewards'] = dict(unused=dict(scorer=dict(type='ImageBrightnessReward')))
-    return model_cfg
-
-
-def load_trained_model(cfg: Config, checkpoint: str, use_ema: bool = True) -> tuple[nn.Module,
-                                                                                     bool]:
-    """The distiller of ``cfg`` with ``checkpoint`` loaded and, if asked, its EMA generator.
-
-    Args:
-        cfg: the (validated) training config.
-        checkpoint: a training checkpoint (``state_dict``; ``ema_state`` when EMA ran).
-        use_ema: swap the generator's EMA weights in when the checkpoint has them.
-
-    Returns:
-        ``(model, ema_applied)``; the model is in eval mode on the CPU.
-    """
-    apply_mmengine_patches()  # the project's own checkpoints need weights_only=False
-    model = MODELS.build(sampling_model_config(cfg.model))
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    state = ckpt.get('state_dict', ckpt)
-    _add_frozen_stage(model.backbone, state)
-    _load_exactly(model, state, checkpoint)
-    ema = ckpt.get('ema_state') if use_ema else None
-    if ema:
-        _load_ema(model.backbone.generator, ema, checkpoint)
-    elif use_ema:
-        print_log(f'{checkpoint} has no ema_state: exporting the live generator weights',
-                  logger='current', level=30)
-    return model.eval(), bool(ema)
-
-
 def student_schedule(model: nn.Module) -> tuple[list[float], float]:
     """``(sigmas, eta)`` of the distiller's sampler: shifted sigmas without the trailing 0."""
-    backbone, sampler = model.backbone, model.sampler
-    sigmas = backbone.sigma_schedule(sampler.step_list, backbone.latent_shape())
-    return [float(s) for s in sigmas[:-1].cpu()], float(sampler.eta)
+    sigmas = model.sampler.sigmas(model.backbone)
+    return [float(s) for s in sigmas[:-1].cpu()], float(model.sampler.eta)
 
 
 def build_pipeline(model: nn.Module) -> Any:
@@ -168,42 +102,6 @@ def export_pipeline(cfg: Config, checkpoint: str, out_dir: str, use_ema: bool = 
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _add_frozen_stage(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Recreate a stage-2 model's frozen stage-1 adapters from the checkpoint itself.
-
-    A stage-2 distiller gets them from ``init_checkpoint``, which need not exist any more; the
-    stage-2 checkpoint holds their weights anyway.
-    """
-    for role in ('generator', 'fake_score'):
-        prefix, tag = f'backbone.{role}.', f'.{FROZEN_STAGE}.'
-        frozen = {k[len(prefix):].replace(tag, '.'): v for k, v in state.items()
-                  if k.startswith(prefix) and tag in k}
-        net = getattr(backbone, role)
-        if frozen and FROZEN_STAGE not in getattr(net, 'peft_config', {}):
-            backbone.load_role_state(role, frozen)
-
-
-def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Load ``state`` and fail unless it covers exactly what the model saves.
-
-    Real backbones save only their LoRA weights (frozen bases come from ``pretrained``), so the
-    check is against ``model.state_dict()``'s keys rather than every parameter.
-    """
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise KeyError(f'{path} does not fit the config\'s model: missing {missing[:5]}, '
-                       f'unexpected {unexpected[:5]}')
-    model.load_state_dict(state, strict=False)
-
-
-def _load_ema(generator: nn.Module, ema: dict[str, torch.Tensor], path: str) -> None:
-    unexpected = generator.load_state_dict(ema, strict=False).unexpected_keys
-    if unexpected:
-        raise KeyError(f'ema_state of {path} names parameters the generator lacks: '
-                       f'{sorted(unexpected)[:5]}')
-
-
 def _name_scheduler_library(out_dir: str) -> None:
     """Record the scheduler as ``["rtdmd", "CPSScheduler"]`` in ``model_index.json``.
 

@@ -9,15 +9,13 @@ from typing import Any
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
-
-from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
-from rtdmd.registry import MODELS, REWARDS
-from rtdmd.utils.config import ConfigError
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 
 from rtdmd.evaluation.analytic_report import evaluate_models, format_table
+from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
+from rtdmd.registry import REWARDS
+from rtdmd.utils.config import ConfigError
 
+from .loading import load_trained_model
 from .stages import latest_checkpoint
 
 EVALUATION_DEFAULTS = dict(models=None, samples_per_class=4096, num_projections=256,
@@ -34,18 +32,6 @@ def check_evaluation(evaluation: dict, stages: list[str]) -> None:
     if bad:
         raise ConfigError([f'evaluation.models: {bad} are neither teacher nor a stage '
                            f'({stages})'])
-
-
-def load_generator(stage_cfg: Config, checkpoint: str) -> torch.nn.Module:
-    """The stage's distiller with its checkpoint loaded and the EMA generator swapped in."""
-    apply_mmengine_patches()
-    stage_cfg.model.pop('init_checkpoint', None)  # the checkpoint below holds everything
-    model = MODELS.build(stage_cfg.model)
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    model.load_state_dict(ckpt['state_dict'])
-    if ckpt.get('ema_state'):
-        model.backbone.generator.load_state_dict(ckpt['ema_state'], strict=False)
-    return model.eval()
 
 
 def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
@@ -69,7 +55,7 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
             samples[name] = (teacher.sample(classes, gen), classes)
             continue
         sub = stage_config(name)
-        model = load_generator(sub, latest_checkpoint(sub.work_dir))
+        model, _ = load_trained_model(sub, latest_checkpoint(sub.work_dir))
         samples[name] = (model.generate(classes, seed=settings['seed']), classes)
         print_log(f'evaluation: sampled {name}', logger='current')
     out_dir = osp.join(cfg.work_dir, 'eval')

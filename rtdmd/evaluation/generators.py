@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd.models.samplers.cps import CPSSampler, EulerSampler
+from rtdmd.models.samplers.noise import PerSampleNoise
 
 #: Name of the provenance file ``tools/export.py`` writes next to ``model_index.json``.
 EXPORT_RECORD = 'rtdmd_export.json'
@@ -41,27 +42,14 @@ def sample_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def per_sample_normal(generators: Sequence[torch.Generator], shape: Sequence[int],
-                      device: torch.device | str) -> Tensor:
-    """``(len(generators), *shape)`` standard normals, row ``i`` drawn from ``generators[i]``."""
-    return torch.cat([torch.randn((1, *shape), generator=g) for g in generators]).to(device)
-
-
 @torch.no_grad()
 def sample_per_seed(backbone: nn.Module, sampler: CPSSampler, prompts: Sequence[Any],
                     seeds: Sequence[int], role: str = 'generator') -> Tensor:
     """Decoded samples of ``role`` with ``sampler``, each from its own seed (see module doc)."""
     if len(prompts) != len(seeds):
         raise ValueError(f'{len(prompts)} prompts but {len(seeds)} seeds')
-    device = next(iter(backbone.parameters())).device
-    shape = backbone.latent_shape()
-    gens = sample_generators(seeds)
     cond = backbone.encode_prompts(list(prompts))
-    noise = per_sample_normal(gens, shape, device)
-    sigmas = sampler.sigmas(backbone)
-    step_noise = {j: per_sample_normal(gens, shape, device) for j in range(sampler.num_steps)
-                  if sampler.eta > 0 and float(sigmas[j + 1]) > 0}
-    rollout = sampler.rollout(backbone, cond, noise, role=role, step_noise=step_noise)
+    rollout = sampler.rollout(backbone, cond, PerSampleNoise(seeds), role=role)
     return backbone.decode(rollout.sample).float()
 
 
@@ -148,5 +136,5 @@ class PipelineGenerator:
                     eta=self.record.get('eta'), call_kwargs=self.call_kwargs)
 
 
-__all__ = ['EXPORT_RECORD', 'PipelineGenerator', 'StudentGenerator', 'TeacherGenerator', 'per_sample_normal',
+__all__ = ['EXPORT_RECORD', 'PipelineGenerator', 'StudentGenerator', 'TeacherGenerator',
            'sample_generators', 'sample_per_seed']

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cps import cps_step
 from .flow import SigmaLike, append_dims
 
 # Floor under sigma_ts^2: t^2 - a^2 s^2 = (t - s)(...) vanishes as t -> s, and the ambient target
@@ -205,35 +204,7 @@ def ambient_dsm_loss(v_pred: Tensor, target: Tensor, sigma_ts: Tensor,
     return (append_dims(weight, sq.ndim) * sq).mean()
 
 
-def cps_back_project(x_t: Tensor, v_real: Tensor, v_fake: Tensor, t: SigmaLike, s: SigmaLike,
-                     eta: float, noise: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Map teacher and fake velocities at ``t`` back to the ambient level ``s`` (ALGORITHM.md 3.2).
-
-    ``xs_real = CPS(x_t, v_real, t -> s, eta, z)`` and
-    ``xs_fake = CPS(x_t, v_fake, t -> s, eta, z)`` with the SAME ``z``: the noise cancels in the
-    DMD direction (ALGORITHM.md 9.15), leaving
-    ``xs_fake - xs_real = [s cos(theta) (1 - t) - (1 - s) t] (v_fake - v_real)``,
-    ``theta = eta pi / 2``. At ``s = 0`` both are the x0 predictions ``x_t - t v``.
-
-    Args:
-        x_t: renoised sample, ``(B, ...)``.
-        v_real: teacher (CFG) velocity at ``(x_t, t)``, same shape.
-        v_fake: fake-score velocity at ``(x_t, t)``, same shape.
-        t: current level, float or ``(B,)``.
-        s: target level ``< t``, float or ``(B,)``.
-        eta: CPS stochasticity in [0, 1].
-        noise: the shared standard normal ``z`` shaped like ``x_t``; may be ``None`` when the step
-            is deterministic (``eta == 0`` or ``s == 0`` everywhere).
-
-    Returns:
-        ``(xs_real, xs_fake)``, each shaped and typed like ``x_t``.
-    """
-    xs_real = cps_step(x_t, v_real, t, s, eta, noise)[0]
-    xs_fake = cps_step(x_t, v_fake, t, s, eta, noise)[0]
-    return xs_real, xs_fake
-
-
 __all__ = [
     'sub_interval_std', 'renoise_sub_interval', 'sample_renoise_sigma', 'ambient_target',
-    'ambient_loss_weight', 'ambient_dsm_loss', 'cps_back_project',
+    'ambient_loss_weight', 'ambient_dsm_loss',
 ]

@@ -61,14 +61,26 @@ def load_lora_state(model: nn.Module, state: dict[str, torch.Tensor],
     model.load_state_dict({own[k]: v for k, v in state.items()}, strict=False)
 
 
-def stack_under_fresh_lora(model: nn.Module, previous: dict[str, torch.Tensor],
-                           config: LoraConfig) -> None:
-    """Freeze ``previous`` (stage 1) as adapter ``'stage1'`` under a fresh trainable adapter."""
+def add_frozen_stage(model: nn.Module, config: LoraConfig) -> None:
+    """A frozen adapter ``'stage1'`` under a fresh trainable one (load its values with
+    ``load_lora_state(model, state, FROZEN_STAGE)``); a no-op if it is there already."""
+    if FROZEN_STAGE in getattr(model, 'peft_config', {}):
+        return
     if TRAINABLE in getattr(model, 'peft_config', {}):
         model.delete_adapters(TRAINABLE)
     model.add_adapter(config, adapter_name=FROZEN_STAGE)
-    load_lora_state(model, previous, FROZEN_STAGE)
     attach_lora(model, config, TRAINABLE)
+
+
+def has_frozen_stage(model: nn.Module) -> bool:
+    return FROZEN_STAGE in getattr(model, 'peft_config', {})
+
+
+def stack_under_fresh_lora(model: nn.Module, previous: dict[str, torch.Tensor],
+                           config: LoraConfig) -> None:
+    """Freeze ``previous`` (stage 1) as adapter ``'stage1'`` under a fresh trainable adapter."""
+    add_frozen_stage(model, config)
+    load_lora_state(model, previous, FROZEN_STAGE)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

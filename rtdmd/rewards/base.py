@@ -43,6 +43,12 @@ class RewardScorer(nn.Module):
         """
         return []
 
+    @classmethod
+    def is_differentiable(cls, **init_args: Any) -> bool:
+        """Whether a scorer built with these constructor arguments is differentiable (what
+        ``differentiable`` will say), known before building it. Default: the class attribute."""
+        return bool(cls.differentiable)
+
     def forward(self, samples: Tensor, prompts: Sequence[Any] | Tensor,
                 metadata: Sequence[dict] | None = None) -> Tensor:
         """Rewards ``(B,)``. A scorer implements this or :meth:`score_details`; the default reads

@@ -211,6 +211,10 @@ class ImageReward(RewardScorer):
 
     output_scale = '(mlp(cls) - 0.167) / 1.033, ~1.0-1.4 on good images (unbounded)'
 
+    @classmethod
+    def is_differentiable(cls, differentiable: bool = False, **init_args: Any) -> bool:
+        return bool(differentiable)
+
     def __init__(self, path: str = IMAGE_REWARD_PATH, tokenizer_path: str = BERT_PATH,
                  root: str | None = None, vision_config: dict[str, Any] | None = None,
                  differentiable: bool = False, name: str | None = None) -> None:

@@ -83,6 +83,20 @@ class MultiReward(RewardScorer):
                 needs += config_required_weights(scorer)
         return needs
 
+    @classmethod
+    def is_differentiable(cls, rewards: Mapping[str, Mapping[str, Any]],
+                          **init_args: Any) -> bool:
+        """True if any member (given as a config or a built scorer) is differentiable."""
+        from .weights import config_is_differentiable
+
+        for entry in rewards.values() if isinstance(rewards, Mapping) else ():
+            scorer = entry.get('scorer') if isinstance(entry, Mapping) else None
+            if isinstance(scorer, Mapping) and config_is_differentiable(scorer):
+                return True
+            if isinstance(scorer, nn.Module) and getattr(scorer, 'differentiable', False):
+                return True
+        return False
+
     @property
     def differentiable(self) -> bool:  # type: ignore[override]
         """True if any member is differentiable (``differentiable_sum`` uses only those)."""

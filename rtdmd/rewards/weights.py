@@ -118,11 +118,10 @@ def _reward_class(kind: Any) -> type:
     return cls
 
 
-def config_required_weights(reward_cfg: Mapping[str, Any]) -> list[WeightFiles]:
-    """The weight files the scorer built from a REWARDS config would read, without building it.
-
-    The config's arguments are bound to the scorer's constructor with its defaults applied and
-    passed to the class's ``required_weights``; every entry names the scorer that reads it.
+def bind_reward_config(reward_cfg: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
+    """``(scorer class, constructor arguments with its defaults applied)`` of a REWARDS config,
+    without building it: what the class-level checks (``required_weights``,
+    ``is_differentiable``) take.
 
     Raises:
         KeyError: if the config names no registered scorer.
@@ -141,9 +140,29 @@ def config_required_weights(reward_cfg: Mapping[str, Any]) -> list[WeightFiles]:
     init_args = dict(bound.arguments)
     for name in var_kw:  # a ``**kwargs`` constructor: pass its extra arguments on flat
         init_args.update(init_args.pop(name))
+    return cls, init_args
+
+
+def config_required_weights(reward_cfg: Mapping[str, Any]) -> list[WeightFiles]:
+    """The weight files the scorer built from a REWARDS config would read, without building it.
+
+    The config's arguments are bound to the scorer's constructor with its defaults applied and
+    passed to the class's ``required_weights``; every entry names the scorer that reads it.
+
+    Raises:
+        KeyError: if the config names no registered scorer.
+        TypeError: if the config has arguments the constructor does not take.
+    """
+    cls, init_args = bind_reward_config(reward_cfg)
     required = getattr(cls, 'required_weights', None)
     needs = [] if required is None else required(**init_args)
     return [need if need.scorer else need._replace(scorer=cls.__name__) for need in needs]
+
+
+def config_is_differentiable(reward_cfg: Mapping[str, Any]) -> bool:
+    """Whether the scorer a REWARDS config builds is differentiable, without building it."""
+    cls, init_args = bind_reward_config(reward_cfg)
+    return bool(cls.is_differentiable(**init_args))
 
 
 def check_reward_weights(reward_cfg: Mapping[str, Any]) -> None:

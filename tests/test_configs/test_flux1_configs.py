@@ -32,7 +32,7 @@ def test_backbone_is_flux1_dev_at_512px(path: str, monkeypatch: pytest.MonkeyPat
                                        target_modules=LORA_TARGETS)
     sampler = cfg.model.sampler
     assert sampler.step_list == [1000, 750, 500, 250] and sampler.eta == 0.9
-    assert cfg.model.teacher_guidance == 3.5  # distilled guidance, one forward pass
+    assert cfg.model.matching.teacher_guidance == 3.5  # distilled guidance, one forward pass
 
 
 def test_weights_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,9 +46,10 @@ def test_stage1_hyperparameters() -> None:
     cfg = _load(STAGE1)
     model = cfg.model
     assert model.type == 'ACDMDDistiller' and model.fake_update_ratio == 10
-    assert model.sub_interval and model.random_stop
-    assert model.consistency_loss.loss_weight == 0.01 and model.consistency_max_jump == 200
-    assert dict(model.renoise) == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
+    match = model.matching
+    assert match.type == 'RandomStopMatching' and match.sub_interval  # AC-DMD, random stop
+    assert match.consistency_loss.loss_weight == 0.01 and match.consistency_max_jump == 200
+    assert dict(match.renoise) == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
     for role in ('generator', 'fake_score'):
         optimizer = cfg.optim_wrapper[role].optimizer
         assert optimizer.lr == 3e-5 and optimizer.weight_decay == 0.0
@@ -64,11 +65,11 @@ def test_stage2_hyperparameters() -> None:
     cfg = _load(STAGE2)
     model = cfg.model
     assert model.type == 'RTDMDDistiller' and model.group_size == 24
-    assert model.dm_layout == 'final_step'
-    assert model.consistency_loss is None  # off for FLUX.1-dev in stage 2
-    assert model.dmd_loss.loss_weight == 1e-3
-    assert model.reward_bp_loss.loss_weight == 1e-4 and model.reward_bp_loss.margin == 3.0
-    assert model.policy_loss.clip_low == model.policy_loss.clip_high == 1e-5
+    assert model.matching.type == 'FinalStepMatching' and model.matching.teacher_guidance == 3.5
+    assert model.matching.consistency_loss is None  # off for FLUX.1-dev in stage 2
+    assert model.matching.dmd_loss.loss_weight == 1e-3
+    assert model.terms.bp.loss_weight == 1e-4 and model.terms.bp.margin == 3.0
+    assert model.terms.policy.clip_low == model.terms.policy.clip_high == 1e-5
     assert dict(model.subgrpo) == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)

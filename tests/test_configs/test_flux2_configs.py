@@ -43,7 +43,7 @@ def test_backbone_is_klein_base_with_a_distilled_generator(size: str, stage: dic
     # None: the release's list, built from the loaded transformer's single-block count.
     assert dict(backbone.lora) == dict(rank=32, alpha=64, init='gaussian', target_modules=None)
     assert cfg.model.sampler.step_list == [1000, 750, 500, 250] and cfg.model.sampler.eta == 0.9
-    assert cfg.model.teacher_guidance == 4.0  # real CFG against the empty prompt
+    assert cfg.model.matching.teacher_guidance == 4.0  # real CFG against the empty prompt
 
 
 def test_weights_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,9 +57,10 @@ def test_stage1_hyperparameters(size: str) -> None:
     cfg = _load(STAGE1[size])
     model = cfg.model
     assert model.type == 'ACDMDDistiller' and model.fake_update_ratio == 10
-    assert model.sub_interval and model.random_stop
-    assert model.consistency_loss.loss_weight == 0.01 and model.consistency_max_jump == 200
-    assert dict(model.renoise) == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
+    match = model.matching
+    assert match.type == 'RandomStopMatching' and match.sub_interval  # AC-DMD, random stop
+    assert match.consistency_loss.loss_weight == 0.01 and match.consistency_max_jump == 200
+    assert dict(match.renoise) == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
     for role in ('generator', 'fake_score'):
         optimizer = cfg.optim_wrapper[role].optimizer
         assert optimizer.lr == 1e-6 and optimizer.weight_decay == 0.0
@@ -76,14 +77,14 @@ def test_stage2_hyperparameters(size: str, consistency: bool, save_every: int) -
     cfg = _load(STAGE2[size])
     model = cfg.model
     assert model.type == 'RTDMDDistiller' and model.group_size == 24
-    assert model.teacher_guidance == 4.0 and model.dm_layout == 'final_step'
-    assert (model.consistency_loss is not None) == consistency  # on for 4B, off for 9B
+    assert model.matching.teacher_guidance == 4.0 and model.matching.type == 'FinalStepMatching'
+    assert (model.matching.consistency_loss is not None) == consistency  # on 4B, off 9B
     if consistency:  # gamma 0.01, eps_T 200 (the distiller's default jump)
-        assert model.consistency_loss.loss_weight == 0.01
-        assert model.get('consistency_max_jump', 200) == 200
-    assert model.dmd_loss.loss_weight == 1e-3
-    assert model.reward_bp_loss.loss_weight == 1e-4 and model.reward_bp_loss.margin == 3.0
-    assert model.policy_loss.clip_low == model.policy_loss.clip_high == 1e-5
+        assert model.matching.consistency_loss.loss_weight == 0.01
+        assert model.matching.consistency_max_jump == 200
+    assert model.matching.dmd_loss.loss_weight == 1e-3
+    assert model.terms.bp.loss_weight == 1e-4 and model.terms.bp.margin == 3.0
+    assert model.terms.policy.clip_low == model.terms.policy.clip_high == 1e-5
     assert dict(model.subgrpo) == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0 and model.sampler.eta == 0.9
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)

@@ -44,13 +44,15 @@ def test_stage1_config(name: str) -> None:
     _check_backbone(cfg.model.backbone, name)
     model = cfg.model
     assert model.type == 'ACDMDDistiller'
-    assert model.teacher_guidance == MODELS[name]['cfg']
+    match = model.matching
+    assert match.teacher_guidance == MODELS[name]['cfg']
     assert model.sampler.step_list == [1000, 750, 500, 250] and model.sampler.eta == 0.9
-    assert model.fake_update_ratio == 10 and model.random_stop and model.sub_interval
-    assert model.renoise == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
-    assert model.consistency_loss.loss_weight == 0.01 and model.consistency_max_jump == 200
-    assert model.fake_loss.move_scale_out and model.fake_loss.max_weight == 10.0
-    assert model.dmd_loss.normalize
+    assert model.fake_update_ratio == 10
+    assert match.type == 'RandomStopMatching' and match.sub_interval  # AC-DMD, random stop
+    assert match.renoise == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
+    assert match.consistency_loss.loss_weight == 0.01 and match.consistency_max_jump == 200
+    assert match.fake_loss.move_scale_out and match.fake_loss.max_weight == 10.0
+    assert match.dmd_loss.normalize
     for role in ('generator', 'fake_score'):
         wrapper = cfg.optim_wrapper[role]
         assert wrapper.optimizer.lr == 3e-5 and wrapper.optimizer.weight_decay == 0.0
@@ -77,12 +79,14 @@ def test_stage2_config_and_its_pipeline(name: str) -> None:
     model = cfg.model
     _check_backbone(model.backbone, name)
     assert model.type == 'RTDMDDistiller'
-    assert model.group_size == spec['group_size'] and model.teacher_guidance == spec['cfg']
+    assert model.group_size == spec['group_size']
+    assert model.matching.teacher_guidance == spec['cfg']
     assert model.sampler.step_list == [1000, 750, 500, 250] and model.sampler.eta == 0.9
-    assert model.dm_layout == 'final_step' and model.dmd_loss.loss_weight == 1e-3
-    assert model.reward_bp_loss.margin == 3.0 and model.reward_bp_loss.loss_weight == 1e-4
-    assert model.policy_loss.clip_low == 1e-5 and model.policy_loss.clip_high == 1e-5
-    assert model.consistency_loss.loss_weight == 0.01  # on for SD3-M and SD3.5-M
+    assert model.matching.type == 'FinalStepMatching'
+    assert model.matching.dmd_loss.loss_weight == 1e-3
+    assert model.terms.bp.margin == 3.0 and model.terms.bp.loss_weight == 1e-4
+    assert model.terms.policy.clip_low == 1e-5 and model.terms.policy.clip_high == 1e-5
+    assert model.matching.consistency_loss.loss_weight == 0.01  # on for SD3-M and SD3.5-M
     assert model.subgrpo == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)

@@ -9,7 +9,8 @@ from rtdmd.registry import MODELS
 def _runner(tiny_backbone_cfg: dict) -> SimpleNamespace:
     model = MODELS.build(dict(
         type='ACDMDDistiller', backbone=tiny_backbone_cfg, sampler=dict(type='CPSSampler'),
-        dmd_loss=dict(type='DMDLoss'), fake_loss=dict(type='AmbientDSMLoss')))
+        matching=dict(type='RandomStopMatching', dmd_loss=dict(type='DMDLoss'),
+                      fake_loss=dict(type='AmbientDSMLoss'))))
     return SimpleNamespace(model=model, iter=0)
 
 

@@ -30,7 +30,8 @@ def _worker(rank: int, port: int, cache: str, out: dict) -> None:
             type='ACDMDDistiller', sampler=dict(type='CPSSampler'),
             backbone=dict(type='GaussianMixtureBackbone', world=WORLD, hidden_dim=16, depth=2,
                           init_fit=dict(iters=5, batch_size=32)),
-            dmd_loss=dict(type='DMDLoss'), fake_loss=dict(type='AmbientDSMLoss'),
+            matching=dict(type='RandomStopMatching', dmd_loss=dict(type='DMDLoss'),
+                          fake_loss=dict(type='AmbientDSMLoss')),
             fake_update_ratio=1))
         wrapped = DistillerDataParallel(model)
         optim = OptimWrapperDict(**{

@@ -15,7 +15,6 @@ from rtdmd.functional.ambient import (
     ambient_dsm_loss,
     ambient_loss_weight,
     ambient_target,
-    cps_back_project,
     renoise_sub_interval,
     sample_renoise_sigma,
     sub_interval_std,
@@ -234,32 +233,3 @@ def test_sample_renoise_sigma_mapping_bounds_and_monotonicity() -> None:
     # max_step is also capped at num_train_timesteps - 1.
     t_cap = sample_renoise_sigma(0.0, torch.full((1,), 0.9999), max_step=5000.0)
     assert float(t_cap) == pytest.approx(0.999)
-
-
-@pytest.mark.parametrize('eta', [0.0, 0.3, 0.9, 1.0])
-def test_back_projection_difference_is_noise_free(eta: float) -> None:
-    gen = torch.Generator().manual_seed(7)
-    shape = (6, 3, 4, 4)
-    x_t, v_r, v_f = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
-    s = torch.tensor([0.0, 0.1, 0.3, 0.5, 0.75, 0.9], dtype=torch.float64)
-    t = s + (1 - s) * torch.tensor([0.5, 0.2, 0.9, 0.1, 0.6, 0.3], dtype=torch.float64)
-    theta = eta * math.pi / 2
-    coef = (s * math.cos(theta) * (1 - t) - (1 - s) * t)[:, None, None, None]
-    diffs = []
-    for _ in range(2):
-        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
-        xs_real, xs_fake = cps_back_project(x_t, v_r, v_f, t, s, eta, noise)
-        torch.testing.assert_close(xs_fake - xs_real, coef * (v_f - v_r), rtol=1e-10,
-                                   atol=1e-12)
-        diffs.append(xs_fake - xs_real)
-    torch.testing.assert_close(diffs[0], diffs[1], rtol=0, atol=1e-12)
-
-
-def test_back_projection_to_zero_gives_x0_predictions() -> None:
-    gen = torch.Generator().manual_seed(8)
-    x_t, v_r, v_f = (torch.randn(4, 2, 3, 3, generator=gen) for _ in range(3))
-    t = torch.tensor([0.2, 0.4, 0.6, 0.8])
-    xs_real, xs_fake = cps_back_project(x_t, v_r, v_f, t, 0.0, 0.9, None)
-    tt = t[:, None, None, None]
-    torch.testing.assert_close(xs_real, x_t - tt * v_r)
-    torch.testing.assert_close(xs_fake, x_t - tt * v_f)

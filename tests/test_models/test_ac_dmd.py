@@ -8,12 +8,14 @@ import rtdmd.models.distillers.base as distiller_base
 from rtdmd.registry import MODELS
 
 
-def _distiller(backbone_cfg: dict, **overrides):
+def _distiller(backbone_cfg: dict, matching: dict | None = None, **overrides):
+    match = dict(type='RandomStopMatching', dmd_loss=dict(type='DMDLoss'),
+                 fake_loss=dict(type='AmbientDSMLoss'),
+                 consistency_loss=dict(type='ConsistencyLoss', loss_weight=0.01))
+    match.update(matching or {})
     cfg = dict(type='ACDMDDistiller', backbone=backbone_cfg,
                sampler=dict(type='CPSSampler', step_list=[1000, 750, 500, 250], eta=0.9),
-               dmd_loss=dict(type='DMDLoss'), fake_loss=dict(type='AmbientDSMLoss'),
-               consistency_loss=dict(type='ConsistencyLoss', loss_weight=0.01),
-               fake_update_ratio=3, seed=0)
+               matching=match, fake_update_ratio=3, seed=0)
     cfg.update(overrides)
     return MODELS.build(cfg)
 
@@ -56,11 +58,35 @@ def test_teacher_never_changes(tiny_backbone_cfg: dict) -> None:
     assert not any(p.requires_grad for p in model.backbone.teacher.parameters())
 
 
-def test_consistency_and_sub_interval_are_optional(tiny_backbone_cfg: dict) -> None:
-    model = _distiller(tiny_backbone_cfg, consistency_loss=None, sub_interval=False,
-                       fake_update_ratio=1)
+@pytest.mark.parametrize('matching', [
+    dict(consistency_loss=None, sub_interval=False),  # DMD2
+    dict(type='FinalStepMatching'),  # no random stop
+])
+def test_consistency_sub_interval_and_random_stop_are_optional(tiny_backbone_cfg: dict,
+                                                              matching: dict) -> None:
+    model = _distiller(tiny_backbone_cfg, matching=matching, fake_update_ratio=1)
     log_vars = model.train_step(dict(prompt=torch.tensor([0, 1])), _optim(model))
-    assert 'loss_consistency' not in log_vars and 'loss_dmd' in log_vars
+    assert ('loss_consistency' in log_vars) == ('consistency_loss' not in matching)
+    assert 'loss_dmd' in log_vars and torch.isfinite(log_vars['loss_dmd'])
+
+
+def test_where_the_generator_is_matched_is_the_components_class(tiny_backbone_cfg: dict
+                                                                ) -> None:
+    """AC-DMD matches at a noisy sub-interval point, DMD2 and the final step at s = 0."""
+    cond = MODELS.build(tiny_backbone_cfg).encode_prompts(torch.tensor([0, 1, 0, 1]))
+    points = {}
+    for name, matching in (('ac_dmd', {}), ('dmd2', dict(sub_interval=False)),
+                           ('final', dict(type='FinalStepMatching'))):
+        model = _distiller(tiny_backbone_cfg, matching=matching)
+        ctx = model.context(cond, step=5, tag='generator')
+        x_s, s = model.matching.generator_point(ctx)
+        assert x_s.requires_grad
+        points[name] = (x_s, s)
+    stop_s = points['ac_dmd'][1]
+    assert float(points['dmd2'][1].abs().max()) == 0 and float(points['final'][1].max()) == 0
+    # The same streams draw the same random stop; at a stop before the last step s > 0.
+    sigmas = _distiller(tiny_backbone_cfg).sampler.sigmas(MODELS.build(tiny_backbone_cfg))
+    assert float(stop_s[0]) in [float(v) for v in sigmas[1:]]
 
 
 def test_iterations_are_reproducible_from_the_counter(tiny_backbone_cfg: dict) -> None:
@@ -85,15 +111,8 @@ def test_shared_stream_is_rank_independent_local_stream_is_not(
     assert not torch.equal(torch.rand(5, generator=local0), torch.rand(5, generator=local1))
 
 
-def test_random_stop_covers_every_step_count(tiny_backbone_cfg: dict) -> None:
-    model = _distiller(tiny_backbone_cfg)
-    stops = {model.draw_stop(model.streams(i, 'g')[0]) for i in range(200)}
-    assert stops == {1, 2, 3, 4}
-    assert model.draw_stop(model.streams(0, 'g')[0], random_stop=False) == 4
-
-
 def test_guidance_range_is_drawn_inside_its_bounds(tiny_backbone_cfg: dict) -> None:
-    model = _distiller(tiny_backbone_cfg, teacher_guidance=(2.0, 4.0))
+    model = _distiller(tiny_backbone_cfg, matching=dict(teacher_guidance=(2.0, 4.0)))
     draws = [model.matching.draw_guidance(model.streams(i, 'g')[0]) for i in range(100)]
     assert 2.0 <= min(draws) < 2.3 and 3.7 < max(draws) <= 4.0
 
@@ -102,4 +121,6 @@ def test_bad_arguments_are_rejected(tiny_backbone_cfg: dict) -> None:
     with pytest.raises(ValueError, match='fake_update_ratio'):
         _distiller(tiny_backbone_cfg, fake_update_ratio=0)
     with pytest.raises(TypeError, match='renoise'):
-        _distiller(tiny_backbone_cfg, renoise=dict(ofset=10))
+        _distiller(tiny_backbone_cfg, matching=dict(renoise=dict(ofset=10)))
+    with pytest.raises(ValueError, match='dmd_loss'):
+        _distiller(tiny_backbone_cfg, matching=dict(dmd_loss=None))

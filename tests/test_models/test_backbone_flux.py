@@ -15,8 +15,8 @@ from rtdmd.models.backbones.pretrained import MissingWeightsError
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
-from rtdmd.testing.lora import latent_noise, randomize_lora
 from rtdmd.testing.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
+from rtdmd.testing.lora import latent_noise, randomize_lora
 
 PROMPTS = ['a photo of a cat', 'two red apples on the table']
 STEPS = [1000, 750, 500, 250]
@@ -194,7 +194,8 @@ def test_stage1_lora_under_fresh_lora_equals_merging_it(flux_root: Path) -> None
     state = {k[len(prefix):]: v for k, v in stage1.state_dict().items() if k.startswith(prefix)}
 
     stage2 = _build(flux_root)
-    stage2.load_role_state('generator', state)
+    stage2.prepare_warm_start()
+    stage2.warm_start('generator', state)
     with torch.no_grad():
         stacked = stage2.predict_velocity('generator', x, sigma, cond)
         via_merge = stage2._forward(merged, x, sigma, cond, torch.ones(2)).float()

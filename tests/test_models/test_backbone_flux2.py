@@ -14,7 +14,6 @@ from rtdmd.models.backbones.pretrained import MissingWeightsError
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers.cps import CPSSampler
 from rtdmd.registry import MODELS
-from rtdmd.testing.lora import latent_noise, randomize_lora
 from rtdmd.testing.flux2 import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RESOLUTION,
@@ -22,6 +21,7 @@ from rtdmd.testing.flux2 import (
     build_flux2_klein_dirs,
     tiny_backbone_cfg,
 )
+from rtdmd.testing.lora import latent_noise, randomize_lora
 
 PROMPTS = ['a photo of a cat', 'the cat at the table']
 STEPS = [1000, 750, 500, 250]
@@ -220,7 +220,8 @@ def test_stacking_stage1_lora_is_merging_it(root: Path) -> None:
     x, sigma = latent_noise(backbone), torch.full((2,), 0.8)
     with torch.no_grad():
         with_stage1 = backbone.predict_velocity('generator', x, sigma, cond)
-        backbone.load_role_state('generator', stage1)
+        backbone.prepare_warm_start()
+        backbone.warm_start('generator', stage1)
         stacked = backbone.predict_velocity('generator', x, sigma, cond)
         reference = backbone._velocity(merged, 'generator', x, sigma, cond).float()
     torch.testing.assert_close(stacked, with_stage1, atol=1e-6, rtol=1e-6)  # fresh B = 0

@@ -178,7 +178,8 @@ def test_stacked_stage1_lora_equals_merging_it_into_the_base(sd3_root: Path) -> 
     state = {k[len('generator.'):]: v for k, v in stage1.state_dict().items()
              if k.startswith('generator.')}
     stage2 = _build(sd3_root)
-    stage2.load_role_state('generator', state)
+    stage2.prepare_warm_start()
+    stage2.warm_start('generator', state)
     cond = stage1.encode_prompts(PROMPTS)
     x, sigma = latent_noise(stage1), torch.tensor([0.75, 0.3])
     with torch.no_grad():
@@ -221,3 +222,42 @@ def test_resolution_and_sequence_length_are_checked(sd3_root: Path) -> None:
         _build(sd3_root, resolution=72)
     with pytest.raises(ValueError, match='max_sequence_length'):
         _build(sd3_root, max_sequence_length=1024)
+
+
+def test_each_distinct_prompt_is_encoded_once(sd3_root: Path) -> None:
+    """K copies of a prompt cost one row of every text encoder; the repeated condition equals
+    encoding each prompt on its own."""
+    backbone = _build(sd3_root)
+    rows = []
+    hooks = [m.register_forward_hook(lambda mod, args, kwargs, out: rows.append(
+        (kwargs.get('input_ids') if 'input_ids' in kwargs else args[0]).shape[0]),
+        with_kwargs=True)
+             for m in (backbone.text_encoder, backbone.text_encoder_2, backbone.text_encoder_3)]
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
+    cond = backbone.encode_prompts(prompts)
+    for hook in hooks:
+        hook.remove()
+    assert rows == [2, 2, 2]  # CLIP-L, CLIP-G, T5: the two distinct prompts
+    single = [backbone.encode_prompts([p]) for p in PROMPTS]
+    for key in ('prompt_embeds', 'pooled_prompt_embeds'):
+        assert cond[key].shape[0] == 6
+        for i, prompt in enumerate(prompts):
+            torch.testing.assert_close(cond[key][i], single[PROMPTS.index(prompt)][key][0],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_a_family_declares_what_the_base_constructor_reads(sd3_root: Path) -> None:
+    """The base constructor reads only what a family declares on its class (repo ids, LoRA
+    targets, components): nothing a family instance must set before ``super().__init__()``."""
+    from rtdmd.models.backbones.diffusers_base import DiffusersBackbone
+    from rtdmd.models.backbones.flux import FluxBackbone
+    from rtdmd.models.backbones.flux2 import Flux2KleinBackbone
+
+    declared = ('transformer_class', 'pipeline_class', 'pipeline_component_names',
+                'components', 'default_repo_id', 'lora_targets')
+    for family in (SD3Backbone, FluxBackbone, Flux2KleinBackbone):
+        assert all(name in vars(family) for name in declared), family
+        assert family.__init__ is not DiffusersBackbone.__init__
+    backbone = _build(sd3_root, repo_id=None)
+    assert backbone.repo_id == SD3Backbone.default_repo_id == backbone.generator_repo_id
+    assert not any(p.requires_grad for m in backbone.frozen_modules() for p in m.parameters())

@@ -78,3 +78,20 @@ def test_pure_noise_velocity(teacher: GaussianMixtureTeacher) -> None:
 def test_bad_world_is_a_clear_error(world: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         GaussianMixtureTeacher.from_world(world)
+
+
+def test_a_first_run_builds_the_students_a_rerun_loads(tmp_path, tiny_world: dict) -> None:
+    """The teacher-velocity fit is cached: a first run (which fits) and a rerun (which loads)
+    start from the same weights and nothing else of the fit survives it (a leftover gradient
+    would be added to the first training step's)."""
+    from rtdmd.registry import MODELS
+
+    cfg = dict(type='GaussianMixtureBackbone', world=tiny_world, hidden_dim=16, depth=2,
+               init_fit=dict(iters=5, batch_size=32), cache_dir=str(tmp_path))
+    fitted, loaded = MODELS.build(cfg), MODELS.build(cfg)
+    assert len(list((tmp_path / 'toy_init').glob('*.pt'))) == 1
+    for role in ('generator', 'fake_score'):
+        for (name, a), b in zip(getattr(fitted, role).named_parameters(),
+                                getattr(loaded, role).parameters(), strict=True):
+            assert torch.equal(a, b), name
+            assert a.grad is None and b.grad is None, name

@@ -11,13 +11,10 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
-from rtdmd.datasets.text_prompts import load_benchmark
 from rtdmd.apis.pipeline import check_training_rewards
+from rtdmd.datasets.text_prompts import load_benchmark
 from rtdmd.registry import MODELS
 from rtdmd.rewards.weights import MissingRewardWeightsError
-from rtdmd.utils.config import load_config
-from rtdmd.utils.setup_env import register_all_modules
-from tests.conftest import REPO
 from rtdmd.testing.rewards import (
     TINY,
     build_tiny_clip_dir,
@@ -26,6 +23,9 @@ from rtdmd.testing.rewards import (
     register_tiny_hps_architecture,
 )
 from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
+from rtdmd.utils.config import load_config
+from rtdmd.utils.setup_env import register_all_modules
+from tests.conftest import REPO
 
 pytest.importorskip('open_clip')
 
@@ -59,8 +59,8 @@ def test_one_epoch_on_the_release_rewards(roots: dict, monkeypatch) -> None:
     cfg = release_config(roots['weights'])
     check_training_rewards(cfg)  # the pre-flight finds every file of the real layout
     model = MODELS.build(cfg.model)
-    assert sorted(model.rewards) == ['clipscore', 'geneval', 'hpsv2', 'pickscore']
-    assert [n for n, r in model.rewards.items() if r.differentiable] == [
+    assert sorted(model.reward.scorers) == ['clipscore', 'geneval', 'hpsv2', 'pickscore']
+    assert model.reward.differentiable_names == [
         'clipscore', 'hpsv2', 'pickscore']  # back-propagation never sees GenEval (pitfall 10)
     optim = OptimWrapperDict(**{
         role: OptimWrapper(torch.optim.AdamW(model.backbone.trainable_parameters(role), lr=1e-3))
@@ -78,7 +78,7 @@ def test_one_epoch_on_the_release_rewards(roots: dict, monkeypatch) -> None:
     after = dict(model.backbone.generator.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
     # checkpoints hold no reward model
-    assert not [k for k in model.state_dict() if k.startswith('rewards.')]
+    assert not [k for k in model.state_dict() if 'reward' in k]
 
 
 def test_the_pre_flight_names_the_first_missing_reward_file(roots: dict, tmp_path: Path,

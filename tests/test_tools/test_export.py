@@ -20,13 +20,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from rtdmd.apis.export import EXPORT_RECORD, load_trained_model
+from rtdmd.apis.export import EXPORT_RECORD
+from rtdmd.apis.loading import load_trained_model
 from rtdmd.models.lora import merge_lora
 from rtdmd.models.samplers import CPSSampler
 from rtdmd.models.samplers.cps_scheduler import CPSScheduler
+from rtdmd.models.samplers.noise import GeneratorNoise, GivenNoise
+from rtdmd.testing.lora import STANDIN_REWARDS, train_like_checkpoint
 from rtdmd.utils.config import load_config
 from tests.conftest import REPO
-from rtdmd.testing.lora import STANDIN_REWARDS, train_like_checkpoint
 
 PROMPTS = ['a photo of a red car', 'two dogs']
 RANK, ALPHA = 4, 8
@@ -196,8 +198,9 @@ def _rtdmd_latents(model, family: Family, pipe, noise: Tensor, eta: float,
                       for j in range(sampler.num_steps - 1)}
     with torch.no_grad():
         cond = model.backbone.encode_prompts(PROMPTS)
-        sample = sampler.rollout(model.backbone, cond, noise, generator=gen,
-                                 step_noise=step_noise).sample
+        steps = step_noise if step_noise is not None else (
+            GeneratorNoise(gen) if gen is not None else None)
+        sample = sampler.rollout(model.backbone, cond, GivenNoise(noise, steps)).sample
         return family.finish(sample, pipe)
 
 
@@ -265,10 +268,11 @@ def _stage2_checkpoint(cfg, path: Path) -> dict[str, Tensor]:
 
     model = MODELS.build(cfg.model)
     gen = torch.Generator().manual_seed(3)
-    for role in ('generator', 'fake_score'):  # what load_stage_checkpoint does in stage 2
+    model.backbone.prepare_warm_start()
+    for role in ('generator', 'fake_score'):  # what init_weights does in stage 2
         stage1 = {k: 0.2 * torch.randn(v.shape, generator=gen)
                   for k, v in lora_state_dict(getattr(model.backbone, role)).items()}
-        model.backbone.load_role_state(role, stage1)
+        model.backbone.warm_start(role, stage1)
     with torch.no_grad():
         for param in model.backbone.generator.parameters():
             if param.requires_grad:
@@ -309,7 +313,7 @@ def test_stage2_checkpoint_merges_both_loras_without_the_stage1_file(exported: d
 
 def test_rtdmd_leaf_config_with_stages_exports_its_last_stage(tmp_path: Path) -> None:
     """configs/rtdmd/sd3m_4step.py trains stage 1 then stage 2; --stage defaults to the last."""
-    from rtdmd.apis.export import stage_to_export
+    from rtdmd.apis.loading import stage_of
     from rtdmd.testing.sd3 import build_sd3_dir
 
     config = REPO / 'configs/rtdmd/sd3m_4step.py'
@@ -320,7 +324,7 @@ def test_rtdmd_leaf_config_with_stages_exports_its_last_stage(tmp_path: Path) ->
                'backbone.dtype': 'float32', 'backbone.max_sequence_length': 16,
                'backbone.gradient_checkpointing': False, 'backbone.lora.rank': RANK,
                'backbone.lora.alpha': ALPHA, **STANDIN_REWARDS}
-    stage_cfg = stage_to_export(load_config(str(config), options), None, options)
+    stage_cfg = stage_of(load_config(str(config), options), None, options)
     assert 'stages' not in stage_cfg and stage_cfg.model.type == 'RTDMDDistiller'
     state = _stage2_checkpoint(stage_cfg, tmp_path / 'iter_1.pth')
     tool = _export_tool()

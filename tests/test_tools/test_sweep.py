@@ -138,9 +138,9 @@ def test_ablation_grid_reaches_both_stages_and_names_real_metrics(tmp_path: Path
     ac_dmd = stage_config(cfg, cfg.stages[0], job.options)
     rtdmd = stage_config(cfg, {'name': 'rtdmd'}, job.options)
     assert ac_dmd.model.type == 'ACDMDDistiller' and rtdmd.model.type == 'RTDMDDistiller'
-    assert ac_dmd.model.consistency_loss.loss_weight == 0.1
+    assert ac_dmd.model.matching.consistency_loss.loss_weight == 0.1
     assert ac_dmd.model.fake_update_ratio == 5  # the rest of the stage-1 file is untouched
-    assert rtdmd.model.consistency_loss.loss_weight == 0.1
+    assert rtdmd.model.matching.consistency_loss.loss_weight == 0.1
     assert rtdmd.model.subgrpo.num_train_steps == 3
     assert {m.split('.', 1)[1] for m in sweep.metrics} <= set(COLUMNS)
 

@@ -17,11 +17,11 @@ import pytest
 
 from rtdmd.evaluation.benchmark import summarize
 from rtdmd.rewards import geneval_rules as G
-from rtdmd.utils.config import load_config
-from tests.conftest import REPO
 from rtdmd.testing.lora import train_like_checkpoint
 from rtdmd.testing.rewards import build_tiny_geneval_dirs
 from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
+from rtdmd.utils.config import load_config
+from tests.conftest import REPO
 
 CONFIG = """
 _base_ = ['{repo}/configs/ac_dmd/sd3m_4step.py']

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
-from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
 from rtdmd.testing.flux import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, build_flux_dir
+from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
+from tests.conftest import REPO
 
 CONFIG = 'configs/rtdmd/flux1_dev_4step.py'
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches
-from tests.conftest import REPO
-from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
 from rtdmd.testing.flux2 import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RESOLUTION,
     TINY_TEXT_ENCODER_OUT_LAYERS,
     build_flux2_klein_dirs,
 )
+from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
+from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+from tests.conftest import REPO
 
 CONFIG = 'configs/rtdmd/flux2_4step.py'  # stage 1 (AC-DMD), then stage 2 (RTDMD) from it
 TINY = [

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches
-from tests.conftest import REPO
 from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
 from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
+from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+from tests.conftest import REPO
 
 # Tiny geometry for both stages of the pipeline config: 2 prompts x group 2, 2 iterations, a
 # generator update every stage-1 iteration, a checkpoint per iteration, no validation (the real

@@ -6,13 +6,22 @@ model = dict(
     sampler=dict(type='CPSSampler', step_list=[1000, 750, 500, 250], eta=0.9),
     rewards=dict(main=dict(scorer='${reward}', weight=1.0)),
     group_size=16,
-    policy_loss=dict(type='ClippedRatioLoss', clip_low=1e-5, clip_high=1e-5),
-    reward_bp_loss=dict(type='RewardHingeLoss', margin=3.0, loss_weight=1e-4),
-    dmd_loss=dict(type='DMDLoss', normalize=True, loss_weight=1e-3),
-    dm_layout='final_step',
-    fake_loss=dict(type='AmbientDSMLoss', move_scale_out=True, max_weight=10.0),
-    consistency_loss=dict(type='ConsistencyLoss', loss_weight=0.01),
-    teacher_guidance=1.0,
+    # The generator terms, logged as loss_<name>; None switches one off.
+    terms=dict(
+        policy=dict(type='ClippedRatioLoss', clip_low=1e-5, clip_high=1e-5),  # SubGRPO steps
+        bp=dict(type='RewardHingeLoss', margin=3.0, loss_weight=1e-4),  # final step
+    ),
+    # Distribution matching (loss_dm, weight 1e-3) on the final step of the epoch's rollout,
+    # and the fake score's objective; None switches both off.
+    matching=dict(
+        type='FinalStepMatching',
+        dmd_loss=dict(type='DMDLoss', normalize=True, loss_weight=1e-3),
+        fake_loss=dict(type='AmbientDSMLoss', move_scale_out=True, max_weight=10.0),
+        consistency_loss=dict(type='ConsistencyLoss', loss_weight=0.01),
+        teacher_guidance=1.0,
+        renoise=dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0),
+        consistency_max_jump=200,
+    ),
     subgrpo=dict(range_start=0, range_end=2, num_train_steps=2),
     advantage_clip=5.0,
 )

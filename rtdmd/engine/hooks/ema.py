@@ -46,7 +46,9 @@ class TrainableEMAHook(Hook):
         net = getattr(model.backbone, self.role)
         return {n: p for n, p in net.named_parameters() if p.requires_grad}
 
-    def before_run(self, runner: Any) -> None:
+    def before_train(self, runner: Any) -> None:
+        # Not before_run: the model's init_weights (a stage-2 warm start) runs after it, and a
+        # resumed EMA (after_load_checkpoint) must not be overwritten.
         params = self._params(runner)
         if not self.ema:
             self.ema = {n: p.detach().clone() for n, p in params.items()}
@@ -61,7 +63,9 @@ class TrainableEMAHook(Hook):
         ema_update_([self.ema[n] for n in params], list(params.values()), decay)
 
     def swap(self, runner: Any) -> None:
-        """Exchange live and EMA weights (call twice to undo)."""
+        """Exchange live and EMA weights (call twice to undo); nothing to do without an EMA."""
+        if not self.ema:
+            return
         with torch.no_grad():
             for name, param in self._params(runner).items():
                 live = param.detach().clone()

@@ -22,6 +22,22 @@ Condition = dict[str, Any]
 ROLES = ('teacher', 'generator', 'fake_score')
 
 
+def index_condition(cond: Condition, index: Tensor) -> Condition:
+    """Rows ``index`` of every per-sample entry of ``cond`` (tensors and lists with the batch as
+    their leading size); other entries are kept. Repeats a condition K times without encoding
+    its prompt K times."""
+    batch = condition_batch_size(cond)
+    out: Condition = {}
+    for key, value in cond.items():
+        if isinstance(value, Tensor) and value.ndim and value.shape[0] == batch:
+            out[key] = value[index.to(value.device)]
+        elif isinstance(value, (list, tuple)) and len(value) == batch:
+            out[key] = [value[i] for i in index.tolist()]
+        else:
+            out[key] = value
+    return out
+
+
 def condition_batch_size(cond: Condition) -> int:
     """Batch size of an encoded condition: the first tensor's (or list's) leading size."""
     for value in cond.values():
@@ -67,6 +83,26 @@ class Backbone(nn.Module):
         """Per-sample latent shape used for generation."""
         raise NotImplementedError
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules that never train (text encoders, VAE, an exact teacher); frozen by
+        :meth:`freeze_frozen_modules` and kept in eval mode by :meth:`train`."""
+        return []
+
+    def prepare_warm_start(self) -> None:
+        """Shape the trainable roles to start from a previous stage (values come later, from
+        :meth:`warm_start`). Default: nothing to add (the roles load the previous weights)."""
+
+    def warm_start(self, role: str, state: dict[str, Tensor]) -> None:
+        """Load a previous stage's weights of ``role`` in place (strict: every key must match).
+
+        In place, so optimizers and distributed wrappers built earlier keep their parameters.
+        """
+        getattr(self, role).load_state_dict(state, strict=True)
+
+    def prepare_for_state(self, state: dict[str, Tensor], prefix: str = '') -> None:
+        """Add what a saved ``state`` (keys below ``prefix``) holds beyond a freshly built
+        backbone, e.g. a stage-2 model's frozen stage-1 adapter. Default: nothing."""
+
     def decode(self, x: Tensor) -> Tensor:
         """Latents to the space rewards see (images in [0, 1] for image models)."""
         raise NotImplementedError
@@ -103,15 +139,15 @@ class Backbone(nn.Module):
         v_uncond = self._velocity(net, role, x, sigma, self.null_condition(cond)).float()
         return cfg_combine(v_uncond, v_cond, guidance_scale)
 
-    def load_role_state(self, role: str, state: dict[str, Tensor]) -> None:
-        """Load a previous stage's weights of ``role`` (strict: every key must match)."""
-        getattr(self, role).load_state_dict(state, strict=True)
-
-    def freeze_teacher(self) -> None:
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+    def freeze_frozen_modules(self) -> None:
+        """The one place frozen modules are frozen: no gradients, eval mode."""
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         self.teacher.eval()  # the teacher is frozen and always in eval mode
+        for module in self.frozen_modules():
+            module.eval()
         return self

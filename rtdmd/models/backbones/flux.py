@@ -20,7 +20,6 @@ Family specifics behind the protocol (ALGORITHM.md 1.2, 1.4, 2.1, 6.1; pitfalls 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from diffusers import (
@@ -64,7 +63,7 @@ class FluxBackbone(DiffusersBackbone):
     pipeline_class = FluxPipeline
     pipeline_component_names = ('scheduler', 'vae', 'text_encoder', 'tokenizer',
                                 'text_encoder_2', 'tokenizer_2')
-    repo_id = 'black-forest-labs/FLUX.1-dev'
+    default_repo_id = 'black-forest-labs/FLUX.1-dev'
     # Matches the double-stream blocks (all eight) and the single-stream blocks (to_q/k/v; they
     # have no to_out or added projections), as the release's list does.
     lora_targets = ('attn.to_q', 'attn.to_k', 'attn.to_v', 'attn.to_out.0', 'attn.add_q_proj',
@@ -86,11 +85,9 @@ class FluxBackbone(DiffusersBackbone):
         if not 0 < max_sequence_length <= 512:
             raise ValueError(f'max_sequence_length must lie in [1, 512], got '
                              f'{max_sequence_length}')
-        if repo_id is not None:
-            self.repo_id = repo_id  # read by the base's directory check
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                         resolution=resolution)
+                         resolution=resolution, repo_id=repo_id)
         self.max_sequence_length = max_sequence_length
 
     # ------------------------------------------------------------------------------ loading
@@ -105,9 +102,6 @@ class FluxBackbone(DiffusersBackbone):
                                                              dtype=self.dtype)
         self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder='tokenizer')
         self.tokenizer_2 = T5TokenizerFast.from_pretrained(path, subfolder='tokenizer_2')
-        for module in self.frozen_modules():
-            module.requires_grad_(False)
-            module.eval()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         # A text-only pipeline around the same modules, for the pipeline's own encode_prompt.
         self._text_pipeline = FluxPipeline(
@@ -118,16 +112,11 @@ class FluxBackbone(DiffusersBackbone):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoder, self.text_encoder_2]
 
-    @property
-    def device(self) -> torch.device:
-        return self.vae.device
-
     # ----------------------------------------------------------------------------- protocol
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[Any]) -> Condition:
+    def _encode_texts(self, texts: list[str]) -> Condition:
         """T5 ``prompt_embeds`` (B, T, 4096) and CLIP ``pooled_prompt_embeds`` (B, 768)."""
         embeds, pooled, _ = self._text_pipeline.encode_prompt(
-            [str(p) for p in prompts], device=self.device,
+            texts, device=self.device,
             max_sequence_length=self.max_sequence_length)
         return {'prompt_embeds': embeds, 'pooled_prompt_embeds': pooled}
 

@@ -25,7 +25,6 @@ each done with ``Flux2KleinPipeline``'s own static helpers so that the numbers a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from diffusers import (
@@ -38,7 +37,6 @@ from torch import Tensor, nn
 from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
 from rtdmd.functional.timesteps import flux2_empirical_mu, step_list_to_sigmas
-from rtdmd.models.lora import lora_config
 from rtdmd.registry import MODELS
 
 from .base import Condition
@@ -89,8 +87,9 @@ class Flux2KleinBackbone(DiffusersBackbone):
     transformer_class = Flux2Transformer2DModel
     pipeline_class = Flux2KleinPipeline
     pipeline_component_names = ('scheduler', 'vae', 'text_encoder', 'tokenizer')
-    repo_id = 'black-forest-labs/FLUX.2-klein-base-4B'
-    lora_targets = DOUBLE_STREAM_TARGETS  # completed per loaded transformer in load_components
+    default_repo_id = 'black-forest-labs/FLUX.2-klein-base-4B'
+    default_generator_repo_id = 'black-forest-labs/FLUX.2-klein-4B'
+    lora_targets = DOUBLE_STREAM_TARGETS  # completed per transformer: default_lora_targets
     components = {
         'transformer': _WEIGHTS, 'vae': _WEIGHTS, 'text_encoder': _WEIGHTS,
         'tokenizer': ['tokenizer_config.json'], 'scheduler': ['scheduler_config.json'],
@@ -108,18 +107,20 @@ class Flux2KleinBackbone(DiffusersBackbone):
                              f'got {resolution}')
         if max_sequence_length < 1:
             raise ValueError(f'max_sequence_length must be >= 1, got {max_sequence_length}')
-        # Plain attributes, read by DiffusersBackbone.__init__ (weights check, load_components).
-        self.repo_id = repo_id
-        self._generator_repo_id = generator_repo_id
-        self._release_targets = not (lora or {}).get('target_modules')
-        self.max_sequence_length = max_sequence_length
-        self.text_encoder_out_layers = tuple(text_encoder_out_layers)
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                         resolution=resolution)
+                         resolution=resolution, repo_id=repo_id,
+                         generator_repo_id=generator_repo_id)
+        self.max_sequence_length = max_sequence_length
+        self.text_encoder_out_layers = tuple(text_encoder_out_layers)
+        num_layers = self.text_encoder.config.num_hidden_layers
+        if not all(0 <= i <= num_layers for i in self.text_encoder_out_layers):
+            raise ValueError(f'text_encoder_out_layers {self.text_encoder_out_layers} must lie '
+                             f'in [0, {num_layers}] (the text encoder has {num_layers} layers)')
 
-    def generator_repo_id(self) -> str:
-        return self._generator_repo_id
+    def default_lora_targets(self, transformer_config: dict) -> list[str]:
+        """The release's list for a transformer with this many single-stream blocks."""
+        return flux2_lora_targets(transformer_config['num_single_layers'])
 
     # ------------------------------------------------------------------------------ loading
     def load_components(self, path: str) -> None:
@@ -136,20 +137,9 @@ class Flux2KleinBackbone(DiffusersBackbone):
         self.text_encoder = Qwen3ForCausalLM.from_pretrained(path, subfolder='text_encoder',
                                                              dtype=self.dtype)
         self.tokenizer = Qwen2TokenizerFast.from_pretrained(path, subfolder='tokenizer')
-        num_layers = self.text_encoder.config.num_hidden_layers
-        if not all(0 <= i <= num_layers for i in self.text_encoder_out_layers):
-            raise ValueError(f'text_encoder_out_layers {self.text_encoder_out_layers} must lie '
-                             f'in [0, {num_layers}] (the text encoder has {num_layers} layers)')
-        for module in self.frozen_modules():
-            module.requires_grad_(False)
-            module.eval()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         transformer = Flux2Transformer2DModel.load_config(path, subfolder='transformer')
         self.num_single_layers = transformer['num_single_layers']
-        if self._release_targets:
-            self.lora = lora_config(self.lora.r, self.lora.lora_alpha,
-                                    flux2_lora_targets(self.num_single_layers),
-                                    self.lora.init_lora_weights)
 
     def _load_transformer(self, path: str, gradient_checkpointing: bool) -> nn.Module:
         net = super()._load_transformer(path, gradient_checkpointing)
@@ -165,27 +155,17 @@ class Flux2KleinBackbone(DiffusersBackbone):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoder]
 
-    @property
-    def device(self) -> torch.device:
-        return self.vae.device
-
     # ----------------------------------------------------------------------------- protocol
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[Any]) -> Condition:
+    def _encode_texts(self, texts: list[str]) -> Condition:
         """``prompt_embeds`` (B, T, 3 D) of the stacked Qwen3 layers and ``text_ids`` (B, T, 4).
 
-        Each distinct prompt is encoded once (a group of K copies costs one encoder row), by
-        the pipeline's own function run on the decoder stack: the hidden states are the causal
+        The pipeline's own function, run on the decoder stack: the hidden states are the causal
         LM's, without its vocabulary projection of every token (~0.4 TFLOP per prompt, unused).
         """
-        texts = [str(p) for p in prompts]
-        unique = list(dict.fromkeys(texts))
         embeds = PIPE._get_qwen3_prompt_embeds(
-            self.text_encoder.get_decoder(), self.tokenizer, unique, dtype=self.dtype,
+            self.text_encoder.get_decoder(), self.tokenizer, texts, dtype=self.dtype,
             device=self.device, max_sequence_length=self.max_sequence_length,
             hidden_states_layers=self.text_encoder_out_layers)
-        rows = {text: i for i, text in enumerate(unique)}
-        embeds = embeds[torch.tensor([rows[t] for t in texts], device=embeds.device)]
         return {'prompt_embeds': embeds,
                 'text_ids': PIPE._prepare_text_ids(embeds).to(self.device)}
 

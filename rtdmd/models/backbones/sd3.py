@@ -20,7 +20,7 @@ Wiring (ALGORITHM.md 1, 6.1; pitfalls 2, 22, 23):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from diffusers import (
@@ -69,7 +69,7 @@ class SD3Backbone(DiffusersBackbone):
     lora_targets: ClassVar[tuple[str, ...]] = (
         'attn.to_q', 'attn.to_k', 'attn.to_v', 'attn.to_out.0',
         'attn.add_q_proj', 'attn.add_k_proj', 'attn.add_v_proj', 'attn.to_add_out')
-    repo_id: ClassVar[str] = 'stabilityai/stable-diffusion-3-medium-diffusers'
+    default_repo_id: ClassVar[str] = 'stabilityai/stable-diffusion-3-medium-diffusers'
     components: ClassVar[dict[str, list[str]]] = {
         '': ['model_index.json'],
         'transformer': _WEIGHTS,
@@ -95,11 +95,9 @@ class SD3Backbone(DiffusersBackbone):
         if not 0 < max_sequence_length <= 512:
             raise ValueError(f'max_sequence_length must lie in [1, 512], got '
                              f'{max_sequence_length}')
-        if repo_id is not None:
-            self.repo_id = repo_id  # read by the base's directory check (a plain attribute)
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                         resolution=resolution)
+                         resolution=resolution, repo_id=repo_id)
         self.max_sequence_length = max_sequence_length
         multiple = self.vae_scale_factor * self.fake_score.config.patch_size
         if resolution % multiple:
@@ -125,9 +123,6 @@ class SD3Backbone(DiffusersBackbone):
         self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder='tokenizer')
         self.tokenizer_2 = CLIPTokenizer.from_pretrained(path, subfolder='tokenizer_2')
         self.tokenizer_3 = T5TokenizerFast.from_pretrained(path, subfolder='tokenizer_3')
-        for module in self.frozen_modules():
-            module.requires_grad_(False)
-            module.eval()
         # Text components only, for the pipeline's own encode_prompt; the modules are shared,
         # so moving the backbone to a device moves them too.
         self._text_pipeline = StableDiffusion3Pipeline(
@@ -140,19 +135,14 @@ class SD3Backbone(DiffusersBackbone):
         return [self.vae, self.text_encoder, self.text_encoder_2, self.text_encoder_3]
 
     @property
-    def device(self) -> torch.device:
-        return next(self.fake_score.parameters()).device
-
-    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # -------------------------------------------------------------------------------- protocol
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[Any]) -> Condition:
+    def _encode_texts(self, texts: list[str]) -> Condition:
         """``prompt_embeds (B, 77 + T5 len, T5 dim)`` and ``pooled_prompt_embeds (B, 2 CLIP)``."""
         embeds, _, pooled, _ = self._text_pipeline.encode_prompt(
-            [str(p) for p in prompts], None, None, device=self.device,
+            texts, None, None, device=self.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
         return {'prompt_embeds': embeds.to(self.dtype),
                 'pooled_prompt_embeds': pooled.to(self.dtype)}

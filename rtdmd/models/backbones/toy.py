@@ -74,6 +74,9 @@ def fit_velocity_mlp(mlp: VelocityMLP, teacher: GaussianMixtureTeacher, iters: i
         mse.backward()
         opt.step()
         sched.step()
+    # No gradient may outlive the fit: the first training step would add it to its own, and a
+    # first run (which fits) would then train differently from a rerun (which loads the fit).
+    mlp.zero_grad(set_to_none=True)
     return float(mse.detach())
 
 
@@ -96,7 +99,7 @@ class GaussianMixtureBackbone(Backbone):
                  cache_dir: str | None = None) -> None:
         super().__init__()
         self.teacher = GaussianMixtureTeacher.from_world(world)
-        self.freeze_teacher()
+        self.freeze_frozen_modules()
         self.shift = shift
         fit = dict(iters=2000, batch_size=1024, lr=2e-3, seed=0)
         unknown = set(init_fit or {}) - set(fit)
@@ -131,6 +134,9 @@ class GaussianMixtureBackbone(Backbone):
         os.replace(tmp, path)  # atomic: concurrent ranks or tests never read half a file
 
     # ------------------------------------------------------------------------------ protocol
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher]
+
     def encode_prompts(self, prompts: Sequence[Any] | Tensor) -> Condition:
         class_ids = torch.as_tensor(prompts, dtype=torch.long, device=self.teacher.means.device)
         if bool(((class_ids < 0) | (class_ids > self.teacher.num_classes)).any()):

@@ -1,7 +1,7 @@
 from .ac_dmd import ACDMDDistiller
-from .base import DistillerBase, load_stage_checkpoint
-from .matching import SubIntervalMatching
+from .base import DistillerBase
+from .matching import DistributionMatching, FinalStepMatching, RandomStopMatching
 from .rtdmd import RTDMDDistiller
 
-__all__ = ['ACDMDDistiller', 'DistillerBase', 'RTDMDDistiller', 'SubIntervalMatching',
-           'load_stage_checkpoint']
+__all__ = ['ACDMDDistiller', 'DistillerBase', 'DistributionMatching', 'FinalStepMatching',
+           'RTDMDDistiller', 'RandomStopMatching']

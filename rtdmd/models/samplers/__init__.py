@@ -1,3 +1,5 @@
-from .cps import CPSSampler, EulerSampler, Rollout
+from .cps import CPSSampler, CPSTransition, EulerSampler, Rollout
+from .noise import GeneratorNoise, GroupSharedNoise, NoiseSource, PerSampleNoise, PrefetchedNoise
 
-__all__ = ['CPSSampler', 'EulerSampler', 'Rollout']
+__all__ = ['CPSSampler', 'CPSTransition', 'EulerSampler', 'GeneratorNoise', 'GroupSharedNoise',
+           'NoiseSource', 'PerSampleNoise', 'PrefetchedNoise', 'Rollout']

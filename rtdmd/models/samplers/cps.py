@@ -1,18 +1,26 @@
-"""Few-step CPS sampler (the generator's rollout) and the Euler reference sampler."""
+"""Few-step CPS sampler (the generator's rollout) and the Euler reference sampler.
+
+The sampler owns the transition (ALGORITHM.md 1.3): which steps are stochastic, the step itself,
+its log-probability and the CPS back-projection of AC-DMD. Nothing outside this package calls
+:func:`rtdmd.functional.cps.cps_step` or re-derives the schedule's sigmas; random numbers come
+from a :class:`~rtdmd.models.samplers.noise.NoiseSource`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from rtdmd.functional.cps import cps_log_prob, cps_step
-from rtdmd.functional.flow import x0_from_velocity
-from rtdmd.models.backbones.base import Backbone, Condition
+from rtdmd.functional.flow import SigmaLike, x0_from_velocity
+from rtdmd.models.backbones.base import Backbone, Condition, condition_batch_size
 from rtdmd.registry import SAMPLERS
+
+from .noise import GivenNoise, NoiseSource
 
 
 @dataclass
@@ -39,6 +47,51 @@ class Rollout:
     velocities: list[Tensor] = field(default_factory=list)
 
 
+class CPSTransition:
+    """The CPS transition at stochasticity ``eta`` and its log-probability.
+
+    Args:
+        eta: stochasticity in [0, 1] (``theta = eta pi / 2``); 0 is the Euler ODE step.
+        log_prob: ``'surrogate'`` (the release's ``-mean (x' - mu)^2``) or ``'gaussian'``.
+    """
+
+    def __init__(self, eta: float = 0.9, log_prob: str = 'surrogate') -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f'eta must lie in [0, 1], got {eta}')
+        if log_prob not in ('surrogate', 'gaussian'):
+            raise ValueError(f"log_prob must be 'surrogate' or 'gaussian', got {log_prob!r}")
+        self.eta = eta
+        self.log_prob_kind = log_prob
+
+    def is_stochastic(self, sigma_next: SigmaLike) -> bool:
+        """Whether a step to ``sigma_next`` draws noise: never to sigma 0, never at eta 0."""
+        return self.eta > 0 and bool(torch.as_tensor(sigma_next).max() > 0)
+
+    def __call__(self, x: Tensor, v: Tensor, sigma: SigmaLike, sigma_next: SigmaLike,
+                 noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_next, mean, std)`` of one step ``sigma -> sigma_next``."""
+        return cps_step(x, v, sigma, sigma_next, self.eta, noise)
+
+    def log_prob(self, x_next: Tensor, x: Tensor, v: Tensor, sigma: SigmaLike,
+                 sigma_next: SigmaLike) -> Tensor:
+        """``(B,)`` log-probability of ``x -> x_next`` under velocity ``v`` (grad flows via v)."""
+        _, mean, std = self(x, v, sigma, sigma_next, torch.zeros_like(x))
+        return cps_log_prob(x_next, mean, std, self.log_prob_kind)
+
+    def back_project(self, x_t: Tensor, v_real: Tensor, v_fake: Tensor, t: SigmaLike,
+                     s: SigmaLike, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Teacher and fake velocities at ``t`` mapped back to ``s`` with the SAME noise.
+
+        ALGORITHM.md 3.2 and pitfall 15: the noise cancels in the DMD direction,
+        ``xs_fake - xs_real = [s cos(theta) (1 - t) - (1 - s) t] (v_fake - v_real)``; at
+        ``s = 0`` both are the x0 predictions ``x_t - t v``.
+
+        Returns:
+            ``(xs_real, xs_fake)``, each shaped and typed like ``x_t``.
+        """
+        return (self(x_t, v_real, t, s, noise)[0], self(x_t, v_fake, t, s, noise)[0])
+
+
 @SAMPLERS.register_module()
 class CPSSampler:
     """Backward simulation over a few-step schedule with the CPS transition.
@@ -57,58 +110,81 @@ class CPSSampler:
         if not step_list or list(step_list) != sorted(step_list, reverse=True):
             raise ValueError(f'step_list must be non-empty and decreasing, got {list(step_list)}')
         self.step_list = list(step_list)
-        self.eta = eta
         self.guidance_scale = guidance_scale
-        self.log_prob = log_prob
+        self.transition = CPSTransition(eta, log_prob)
+
+    @property
+    def eta(self) -> float:
+        return self.transition.eta
 
     @property
     def num_steps(self) -> int:
         return len(self.step_list)
 
+    @property
+    def last_step(self) -> int:
+        """Index of the final, deterministic step (to sigma 0)."""
+        return self.num_steps - 1
+
     def sigmas(self, backbone: Backbone) -> Tensor:
+        """The backbone's shifted sigmas of :attr:`step_list` with a trailing 0, ``(S + 1,)``."""
         return backbone.sigma_schedule(self.step_list, backbone.latent_shape())
 
-    def rollout(self, backbone: Backbone, cond: Condition, noise: Tensor, *,
-                role: str = 'generator', stop: int | None = None, grad_last: bool = False,
-                generator: torch.Generator | None = None,
-                step_noise: Mapping[int, Tensor] | None = None) -> Rollout:
-        """Run steps ``0 .. stop-1`` from ``noise`` at sigma_0.
+    def stochastic_steps(self, sigmas: Tensor) -> list[int]:
+        """Indices ``j`` whose transition ``sigmas[j] -> sigmas[j + 1]`` draws noise."""
+        return [j for j in range(self.num_steps)
+                if self.transition.is_stochastic(sigmas[j + 1])]
+
+    def draw_stop(self, generator: torch.Generator) -> int:
+        """A random stop: the number of executed steps, uniform in ``1..S`` (one per batch)."""
+        return int(torch.randint(1, self.num_steps + 1, (1,), generator=generator,
+                                 device=generator.device))
+
+    def rollout(self, backbone: Backbone, cond: Condition, noise: NoiseSource | Tensor, *,
+                role: str = 'generator', stop: int | None = None,
+                grad_last: bool = False) -> Rollout:
+        """Run steps ``0 .. stop-1`` from the source's initial latent at sigma_0.
 
         Args:
+            cond: the encoded prompts, one per sample.
+            noise: the initial latent and the stochastic steps' noise, asked for in step order
+                (a tensor is the initial latent of a deterministic rollout).
+            role: the backbone network that predicts the velocity.
             stop: number of executed steps ``S`` (random stop); default all.
             grad_last: keep the autograd graph of the last executed step only (gradient
                 truncation); earlier steps run under ``no_grad``.
-            generator: RNG of the transition noise.
-            step_noise: fixed transition noise for given step indices (SubGRPO shared noise).
         """
+        if isinstance(noise, Tensor):
+            noise = GivenNoise(noise)
+        batch = condition_batch_size(cond)
         sigmas = self.sigmas(backbone)
         stop = self.num_steps if stop is None else stop
         if not 1 <= stop <= self.num_steps:
             raise ValueError(f'stop must lie in [1, {self.num_steps}], got {stop}')
-        x = noise
-        out = Rollout(sample=noise, x_s=noise, s=noise.new_zeros(noise.shape[0]), sigmas=sigmas)
+        shape = (batch, *backbone.latent_shape())
+        x = noise.initial(shape, sigmas.device)
+        out = Rollout(sample=x, x_s=x, s=x.new_zeros(batch), sigmas=sigmas)
         for j in range(stop):
             sigma, sigma_next = sigmas[j], sigmas[j + 1]
             ctx = contextlib.nullcontext() if (grad_last and j == stop - 1) else torch.no_grad()
             with ctx:
                 v = backbone.predict_velocity(role, x, sigma, cond, self.guidance_scale)
-                z = None
-                if float(sigma_next) > 0 and self.eta > 0:
-                    z = step_noise[j] if step_noise and j in step_noise else torch.randn(
-                        x.shape, generator=generator, device=x.device, dtype=torch.float32)
-                x_next, mean, std = cps_step(x.float(), v, sigma, sigma_next, self.eta, z)
+                stochastic = self.transition.is_stochastic(sigma_next)
+                z = noise.step(j, shape, x.device) if stochastic else None
+                x_next, mean, std = self.transition(x.float(), v, sigma, sigma_next, z)
                 out.latents.append(x)
                 out.means.append(mean)
                 out.stds.append(std)
                 out.velocities.append(v)
                 # A deterministic step (to sigma 0, or eta 0) has log-prob 0: x_next == mean.
-                out.log_probs.append(x.new_zeros(x.shape[0], dtype=torch.float32) if z is None
-                                     else cps_log_prob(x_next, mean, std, self.log_prob))
+                out.log_probs.append(
+                    cps_log_prob(x_next, mean, std, self.transition.log_prob_kind) if stochastic
+                    else x.new_zeros(batch, dtype=torch.float32))
                 out.sample = x0_from_velocity(x.float(), v, sigma)
             x = x_next
         out.latents.append(x)
         out.x_s = x
-        out.s = sigmas[stop].expand(noise.shape[0]).clone()
+        out.s = sigmas[stop].expand(batch).clone()
         return out
 
 
@@ -119,3 +195,6 @@ class EulerSampler(CPSSampler):
     def __init__(self, num_steps: int = 50, guidance_scale: float = 1.0) -> None:
         steps = [1000 - i * 1000 // num_steps for i in range(num_steps)]
         super().__init__(step_list=steps, eta=0.0, guidance_scale=guidance_scale)
+
+
+__all__ = ['CPSSampler', 'CPSTransition', 'EulerSampler', 'Rollout']

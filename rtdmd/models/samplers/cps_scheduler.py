@@ -4,7 +4,7 @@ The exported pipelines (``tools/export.py``) keep the family's own diffusers pip
 (``StableDiffusion3Pipeline``, ``FluxPipeline``, ``Flux2KleinPipeline``) and swap its
 ``FlowMatchEulerDiscreteScheduler`` for :class:`CPSScheduler`: a fixed list of already-shifted
 sigmas (ALGORITHM.md 1.2; pitfall 2: never shifted again) and the CPS transition
-(ALGORITHM.md 1.3, :func:`rtdmd.functional.cps.cps_step`).
+(ALGORITHM.md 1.3, the sampler's :class:`~rtdmd.models.samplers.cps.CPSTransition`).
 
 What the pipelines ask of a scheduler, and what this one answers:
 
@@ -41,8 +41,9 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from rtdmd.functional.cps import cps_step
 from rtdmd.functional.flow import x0_from_velocity
+
+from .cps import CPSTransition
 
 
 @dataclass
@@ -82,8 +83,7 @@ class CPSScheduler(SchedulerMixin, ConfigMixin):
                 a <= b for a, b in zip(values, values[1:], strict=False)):
             raise ValueError(f'sigmas must be non-empty, strictly decreasing and in (0, 1], '
                              f'got {values}')
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f'eta must lie in [0, 1], got {eta}')
+        self._transition = CPSTransition(eta)  # validates eta
         if use_dynamic_shifting:
             raise ValueError('CPSScheduler never re-shifts its sigmas: use_dynamic_shifting must '
                              'be False')
@@ -169,12 +169,11 @@ class CPSScheduler(SchedulerMixin, ConfigMixin):
                              f'schedule; call set_timesteps before a new run')
         sigma = self.sigmas[self._step_index].to(sample.device)
         sigma_next = self.sigmas[self._step_index + 1].to(sample.device)
-        eta = float(self.config.eta)
         noise = None
-        if eta > 0 and float(sigma_next) > 0:  # the final step (to sigma 0) is deterministic
+        if self._transition.is_stochastic(sigma_next):  # never the final step (to sigma 0)
             noise = randn_tensor(sample.shape, generator=generator or self.noise_generator,
                                  device=sample.device, dtype=torch.float32)
-        prev_sample, _, _ = cps_step(sample, model_output, sigma, sigma_next, eta, noise)
+        prev_sample, _, _ = self._transition(sample, model_output, sigma, sigma_next, noise)
         self._step_index += 1
         if not return_dict:
             return (prev_sample,)
