@@ -14,33 +14,53 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-
-def _population_std(x: Tensor) -> Tensor:
-    # ddof 0, as the release's np.std; torch's default (Bessel) would differ by sqrt(N/(N-1)).
-    return torch.std(x, correction=0)
+AllReduce = Callable[[Tensor], Tensor]
 
 
 def _out_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
-def group_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-4) -> Tensor:
+def global_moments(x: Tensor, valid: Tensor, all_reduce: AllReduce | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(count, mean, population std)`` of ``x[valid]`` over every process (float64).
+
+    The sums ``(n, sum x, sum x^2)`` are reduced with ``all_reduce`` (a sum over ranks;
+    ``None`` on one process), so N processes get exactly the statistics of one process holding
+    their union. The std is the population one (ddof 0, the release's ``np.std``).
+    """
+    x = torch.where(valid, x.to(torch.float64), 0.0)
+    stats = torch.stack([valid.to(torch.float64).sum(), x.sum(), x.square().sum()])
+    if all_reduce is not None:
+        stats = all_reduce(stats)
+    n, s1, s2 = stats.unbind()
+    mean = s1 / n.clamp(min=1)
+    var = (s2 / n.clamp(min=1) - mean.square()).clamp(min=0)
+    return n, mean, var.sqrt()
+
+
+def group_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-4,
+                     valid: Tensor | None = None, all_reduce: AllReduce | None = None
+                     ) -> Tensor:
     """Per-group-mean, global-std advantages of one reward (``per_prompt_global_std: true``).
 
     ``A_i = (r_i - mean_{j: g_j = g_i} r_j) / (std_{all j} r_j + eps)``, where the std is the
-    population std (ddof 0, like the release's ``np.std``). Statistics are taken in float64 (the
-    release works on float64 numpy arrays). Vectorised with ``index_add_``; ``group_ids`` may be
-    any integers (they are relabelled with ``torch.unique``).
+    population std (ddof 0, like the release's ``np.std``) over every valid sample of every
+    process (``all_reduce``), and the group mean over the valid members of the group (a group
+    lives on one process). Statistics are taken in float64. ``group_ids`` may be any integers.
+    Invalid samples (``valid`` False, e.g. a non-finite reward) get 0.
 
     Args:
-        rewards: ``(N,)`` rewards of all N samples of the epoch (gathered over ranks).
+        rewards: ``(N,)`` rewards of this process's samples.
         group_ids: ``(N,)`` long, equal for the K copies of one prompt.
         eps: added to the std.
+        valid: ``(N,)`` bool, default all.
+        all_reduce: sums a tensor over processes (``None``: one process).
 
     Returns:
         ``(N,)`` advantages in the dtype of ``rewards`` (default float dtype for integer rewards).
@@ -48,20 +68,29 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-4) -> T
     if rewards.ndim != 1 or group_ids.shape != rewards.shape:
         raise ValueError(f'rewards and group_ids must both be (N,), got {tuple(rewards.shape)} '
                          f'and {tuple(group_ids.shape)}')
-    r = rewards.to(torch.float64)
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    sums = torch.zeros(counts.shape[0], dtype=r.dtype, device=r.device).index_add_(0, inverse, r)
-    group_mean = (sums / counts.to(r.dtype))[inverse]
-    return ((r - group_mean) / (_population_std(r) + eps)).to(_out_dtype(rewards))
+    valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
+    r = torch.where(valid, rewards.to(torch.float64), 0.0)
+    _, inverse, _ = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    sums = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(0, inverse, r)
+    counts = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(
+        0, inverse, valid.to(r.dtype))
+    group_mean = (sums / counts.clamp(min=1))[inverse]
+    _, _, std = global_moments(rewards, valid, all_reduce)
+    adv = torch.where(valid, (r - group_mean) / (std + eps), 0.0)
+    return adv.to(_out_dtype(rewards))
 
 
 def combine_advantages(rewards: Mapping[str, Tensor], weights: Mapping[str, float],
-                       group_ids: Tensor, clip: float = 5.0, eps: float = 1e-4) -> Tensor:
+                       group_ids: Tensor, clip: float = 5.0, eps: float = 1e-4,
+                       valid: Tensor | None = None, all_reduce: AllReduce | None = None
+                       ) -> Tensor:
     """Multi-reward advantages (``weight_advantages: true``), ALGORITHM.md 4.4 and 9.9.
 
     ``A = sum_r w_r A_r`` with ``A_r = group_advantages(r)``; then the global re-standardisation
-    ``A <- (A - mean A) / (std A + eps)`` (population std, ddof 0) and ``A <- clamp(A, -clip,
-    clip)``. Standardising each reward first matters: raw reward scales differ by ~20x.
+    ``A <- (A - mean A) / (std A + eps)`` (population std, ddof 0, over every valid sample of
+    every process) and ``A <- clamp(A, -clip, clip)``. Standardising each reward first matters:
+    raw reward scales differ by ~20x. Invalid samples get 0 (no policy gradient).
 
     Args:
         rewards: name -> ``(N,)`` rewards.
@@ -69,6 +98,8 @@ def combine_advantages(rewards: Mapping[str, Tensor], weights: Mapping[str, floa
         group_ids: ``(N,)`` long group (prompt) ids.
         clip: bound of the final clamp (``adv_clip_max``).
         eps: added to every std.
+        valid: ``(N,)`` bool, default all.
+        all_reduce: sums a tensor over processes (``None``: one process).
 
     Returns:
         ``(N,)`` advantages (float dtype of the first reward).
@@ -84,12 +115,21 @@ def combine_advantages(rewards: Mapping[str, Tensor], weights: Mapping[str, floa
                          f'rewards without a weight {missing_weight}')
     if not rewards:
         raise ValueError('combine_advantages needs at least one reward')
+    first = next(iter(rewards.values()))
+    valid = torch.ones_like(first, dtype=torch.bool) if valid is None else valid
     total = None
     for name, reward in rewards.items():
-        term = float(weights[name]) * group_advantages(reward, group_ids, eps).to(torch.float64)
+        term = float(weights[name]) * group_advantages(reward, group_ids, eps, valid,
+                                                       all_reduce).to(torch.float64)
         total = term if total is None else total + term
-    total = (total - total.mean()) / (_population_std(total) + eps)
-    return total.clamp(-clip, clip).to(_out_dtype(next(iter(rewards.values()))))
+    _, mean, std = global_moments(total, valid, all_reduce)
+    total = torch.where(valid, (total - mean) / (std + eps), 0.0)
+    return total.clamp(-clip, clip).to(_out_dtype(first))
+
+
+def finite_rewards(rewards: Mapping[str, Tensor]) -> Tensor:
+    """``(N,)`` True where every reward of the sample is finite."""
+    return torch.stack([torch.isfinite(r) for r in rewards.values()]).all(dim=0)
 
 
 def clipped_ratio_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor,
@@ -203,6 +243,7 @@ def shared_step_noise(prompts: Sequence[str], step_index: int, epoch: int,
 
 
 __all__ = [
-    'group_advantages', 'combine_advantages', 'clipped_ratio_loss', 'select_step_subset',
+    'finite_rewards', 'global_moments', 'group_advantages', 'combine_advantages',
+    'clipped_ratio_loss', 'select_step_subset',
     'prompt_noise_seed', 'shared_step_noise',
 ]

@@ -83,6 +83,20 @@ def stack_under_fresh_lora(model: nn.Module, previous: dict[str, torch.Tensor],
     load_lora_state(model, previous, FROZEN_STAGE)
 
 
+@torch.no_grad()
+def reinit_lora(model: nn.Module, std: float, generator: torch.Generator,
+                name: str = TRAINABLE) -> None:
+    """Adapter ``name`` restarts at ``lora_A ~ N(0, std^2)``, ``lora_B = 0`` (in place, in
+    a fixed parameter order, drawn on the CPU: the same on every rank and device)."""
+    for pname, param in sorted(model.named_parameters()):
+        if f'.{name}.' not in pname:
+            continue
+        if 'lora_A' in pname:
+            param.copy_(std * torch.randn(param.shape, generator=generator))
+        elif 'lora_B' in pname:
+            param.zero_()
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every active adapter into the base weights and remove the adapters."""
     model.fuse_lora(lora_scale=1.0)
@@ -96,11 +110,16 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     if not getattr(model, '_hf_peft_config_loaded', False):
         yield model
         return
+    # peft's enable_adapters() sets requires_grad=True on every active adapter, a frozen
+    # stacked one (stage 1's) included: put every LoRA weight's flag back as it was.
+    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if 'lora_' in n]
     model.disable_adapters()
     try:
         yield model
     finally:
         model.enable_adapters()
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 class AdapterDisabledView(nn.Module):

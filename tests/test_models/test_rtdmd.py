@@ -103,7 +103,7 @@ def test_non_selected_steps_share_noise_within_a_group(tiny_backbone_cfg: dict) 
     groups = model.repeat_prompts(_data(2))
     cond = model.backbone.encode_prompts(groups.prompts)
     selected = [1]
-    ro = model.sample(cond, groups, selected, epoch=0)
+    ro, _ = model.sample_and_score(model.epoch_context(cond, groups, 0, selected), epoch=0)
     groups = groups.ids
     for j in range(3):
         z = (ro.latents[j + 1] - ro.means[j]) / ro.stds[j]
@@ -250,7 +250,7 @@ def test_a_new_generator_term_is_injected_by_config(tiny_backbone_cfg: dict) -> 
     before = _flat(model.backbone.generator)
     log_vars = model.train_step(_data(), optim)
     assert model.terms.probe.seen == [1]
-    assert set(log_vars) == {'reward_main', 'loss_probe'}
+    assert set(log_vars) == {'reward_main', 'nonfinite_rewards', 'loss_probe', 'loss_generator'}
     assert not torch.equal(before, _flat(model.backbone.generator))
 
 

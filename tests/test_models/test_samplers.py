@@ -6,11 +6,14 @@ import torch
 from rtdmd.models.backbones.base import index_condition
 from rtdmd.models.samplers import (
     CPSTransition,
+    DrawsNoise,
     GeneratorNoise,
     GivenNoise,
+    GroupDraws,
     GroupSharedNoise,
     PerSampleNoise,
-    PrefetchedNoise,
+    Rollout,
+    StreamDraws,
 )
 from rtdmd.registry import MODELS, SAMPLERS
 
@@ -69,9 +72,9 @@ def test_random_stop_returns_noisy_x_s_and_clean_sample(backbone) -> None:
 
 
 def test_random_stop_covers_every_step_count() -> None:
-    sampler = SAMPLERS.build(dict(type='CPSSampler'))
-    gen = torch.Generator().manual_seed(0)
-    assert {sampler.draw_stop(gen) for _ in range(200)} == {1, 2, 3, 4}
+    draws = StreamDraws(torch.Generator().manual_seed(0), torch.Generator(), 1)
+    assert {draws.stop('stop', 4) for _ in range(200)} == {1, 2, 3, 4}
+    assert {GroupDraws((0, i), ['a']).stop('stop', 4) for i in range(200)} == {1, 2, 3, 4}
 
 
 def test_gradient_flows_through_the_last_executed_step_only(backbone) -> None:
@@ -121,19 +124,45 @@ def test_per_sample_noise_does_not_depend_on_the_batch(backbone) -> None:
         sampler.rollout(backbone, cond, PerSampleNoise([5, 6]))
 
 
-def test_prefetched_noise_slices_equal_the_whole_batch(backbone) -> None:
-    """Chunked rollouts from prefetched noise give the unchunked rollout's samples."""
+def test_group_draws_do_not_depend_on_the_micro_batch(backbone) -> None:
+    """Keyed by group and name: a micro-batch draws exactly its rows of the whole batch's, so
+    rollouts in chunks equal the unchunked one."""
+    keys = ['a'] * 3 + ['b'] * 3
+    draws = GroupDraws((0, 7, 'rollout'), keys)
+    for name in ('u', 'v'):
+        whole = draws.normal(name, (2,), 'cpu')
+        parts = torch.cat([draws.slice(a, b).normal(name, (2,), 'cpu')
+                           for a, b in ((0, 1), (1, 4), (4, 6))])
+        assert torch.equal(whole, parts)
+    assert not torch.equal(draws.normal('u', (2,), 'cpu'), draws.normal('v', (2,), 'cpu'))
+    assert torch.equal(draws.uniform('t', 'cpu')[3:], draws.slice(3, 6).uniform('t', 'cpu'))
+    jumps = draws.randint('j', 1, 201, 'cpu')
+    assert jumps.min() >= 1 and jumps.max() <= 200
+    assert draws.scalar('g') == draws.slice(2, 5).scalar('g')  # one value per update
+    assert draws.stop('stop', 4) == draws.slice(0, 1).stop('stop', 4)
+    # the K copies of a group draw different numbers; another update draws others
+    z = draws.normal('z', (2,), 'cpu')
+    assert not torch.allclose(z[0], z[1])
+    assert not torch.equal(z, GroupDraws((0, 8, 'rollout'), keys).normal('z', (2,), 'cpu'))
     sampler = SAMPLERS.build(dict(type='CPSSampler'))
     cond = _cond(backbone)
-    steps = sampler.stochastic_steps(sampler.sigmas(backbone))
-    whole = sampler.rollout(backbone, cond, _noise(4))
-    pre = PrefetchedNoise.fetch(_noise(4), (6, 2), steps, 'cpu')
-    parts = [sampler.rollout(backbone, index_condition(cond, torch.arange(a, b)), pre.slice(a, b))
+    whole = sampler.rollout(backbone, cond, DrawsNoise(draws, 'r'))
+    parts = [sampler.rollout(backbone, index_condition(cond, torch.arange(a, b)),
+                             DrawsNoise(draws.slice(a, b), 'r'))
              for a, b in ((0, 1), (1, 4), (4, 6))]
-    chunked = torch.cat([p.sample for p in parts])
-    torch.testing.assert_close(chunked, whole.sample, rtol=1e-5, atol=1e-6)
-    with pytest.raises(KeyError, match='not prefetched'):
-        PrefetchedNoise.fetch(_noise(), (6, 2), [0], 'cpu').step(1, (6, 2), 'cpu')
+    torch.testing.assert_close(Rollout.cat(parts).sample, whole.sample, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(whole.slice(1, 4).latents[2], parts[1].latents[2],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_stream_draws_are_stage_ones_streams_in_call_order() -> None:
+    shared, local = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    draws = StreamDraws(torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), 5)
+    assert torch.equal(draws.uniform('t', 'cpu'), torch.rand(5, generator=shared))
+    assert torch.equal(draws.normal('z', (3,), 'cpu'), torch.randn(5, 3, generator=local))
+    assert torch.equal(draws.randint('j', 1, 9, 'cpu'), torch.randint(1, 9, (5,),
+                                                                       generator=shared))
+    assert draws.stop('stop', 4) == int(torch.randint(1, 5, (1,), generator=shared))
 
 
 def test_given_noise_serves_fixed_step_noise_and_refuses_missing_noise(backbone) -> None:

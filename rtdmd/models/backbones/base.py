@@ -10,6 +10,7 @@ guidance handling and text encoding are the backbone's business.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -92,10 +93,13 @@ class Backbone(nn.Module):
         """Shape the trainable roles to start from a previous stage (values come later, from
         :meth:`warm_start`). Default: nothing to add (the roles load the previous weights)."""
 
-    def warm_start(self, role: str, state: dict[str, Tensor]) -> None:
+    def warm_start(self, role: str, state: dict[str, Tensor],
+                   fresh: tuple[float, torch.Generator] | None = None) -> None:
         """Load a previous stage's weights of ``role`` in place (strict: every key must match).
 
         In place, so optimizers and distributed wrappers built earlier keep their parameters.
+        ``fresh = (std, generator)`` re-initialises a fresh trainable adapter where the family
+        has one (LoRA); a plain network has none and ignores it.
         """
         getattr(self, role).load_state_dict(state, strict=True)
 
@@ -133,11 +137,17 @@ class Backbone(nn.Module):
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         net = self.net(role)
-        v_cond = self._velocity(net, role, x, sigma, cond).float()
-        if isinstance(guidance_scale, (int, float)) and guidance_scale == 1.0:
-            return v_cond
-        v_uncond = self._velocity(net, role, x, sigma, self.null_condition(cond)).float()
+        with self.compute_context(x.device):
+            v_cond = self._velocity(net, role, x, sigma, cond).float()
+            if isinstance(guidance_scale, (int, float)) and guidance_scale == 1.0:
+                return v_cond
+            v_uncond = self._velocity(net, role, x, sigma, self.null_condition(cond)).float()
         return cfg_combine(v_uncond, v_cond, guidance_scale)
+
+    def compute_context(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context every network forward runs in (default: none; the diffusers families
+        run their bf16 networks under autocast, see ``DiffusersBackbone``)."""
+        return contextlib.nullcontext()
 
     def freeze_frozen_modules(self) -> None:
         """The one place frozen modules are frozen: no gradients, eval mode."""

@@ -21,6 +21,7 @@ attributes after ``super().__init__()``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -36,6 +37,7 @@ from rtdmd.models.lora import (
     load_lora_state,
     lora_config,
     lora_state_dict,
+    reinit_lora,
 )
 
 from .base import Backbone, Condition, condition_batch_size, index_condition
@@ -56,6 +58,13 @@ class DiffusersBackbone(Backbone):
             targets use the family's list (:meth:`default_lora_targets`).
         dtype: weight dtype of transformers, text encoders and VAE.
         gradient_checkpointing: checkpoint the trainable transformers' blocks.
+        vae_gradient_checkpointing: checkpoint the VAE decoder's blocks whenever gradients flow
+            through it (reward back-propagation; no effect on no-grad decodes).
+        lora_compute: ``'autocast'``: the networks run under ``torch.autocast`` in ``dtype``
+            (the release's bf16 autocast), so an adapted layer's LoRA branch computes in the
+            base dtype while its trainable weights stay fp32 masters; ``'float32'``: peft's
+            default, the LoRA branch casts its input to fp32 (an fp32 copy of every adapted
+            layer's input is kept for backward). No difference when ``dtype`` is float32.
         resolution: image side in pixels (sets the latent shape and the FLUX shift).
         repo_id: the Hub repository of ``pretrained`` (named by the missing-weights error);
             ``None`` is the family's :attr:`default_repo_id`.
@@ -79,10 +88,14 @@ class DiffusersBackbone(Backbone):
                  weights_root: str | None = None, lora: dict | None = None,
                  dtype: str = 'bfloat16', gradient_checkpointing: bool = True,
                  resolution: int = 512, repo_id: str | None = None,
-                 generator_repo_id: str | None = None) -> None:
+                 generator_repo_id: str | None = None, vae_gradient_checkpointing: bool = True,
+                 lora_compute: str = 'autocast') -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+        if lora_compute not in ('autocast', 'float32'):
+            raise ValueError(f"lora_compute must be 'autocast' or 'float32', got "
+                             f'{lora_compute!r}')
         lora_cfg = dict(rank=32, alpha=64, init='gaussian', target_modules=None)
         unknown = set(lora or {}) - set(lora_cfg)
         if unknown:
@@ -90,6 +103,7 @@ class DiffusersBackbone(Backbone):
         lora_cfg.update(lora or {})
         self.dtype = DTYPES[dtype]
         self.resolution = resolution
+        self.autocast = lora_compute == 'autocast' and self.dtype != torch.float32
         self.repo_id = repo_id or self.default_repo_id
         self.generator_repo_id = (generator_repo_id or self.default_generator_repo_id
                                   or self.repo_id)
@@ -101,6 +115,8 @@ class DiffusersBackbone(Backbone):
                                  self.generator_repo_id, 'generator')
         self.load_components(base_dir)
         self.freeze_frozen_modules()
+        if vae_gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing()
         transformer_config = self.transformer_class.load_config(base_dir, subfolder='transformer')
         self.lora = lora_config(lora_cfg['rank'], lora_cfg['alpha'],
                                 lora_cfg['target_modules']
@@ -138,7 +154,17 @@ class DiffusersBackbone(Backbone):
         if gradient_checkpointing:
             net.enable_gradient_checkpointing()
         attach_lora(net, self.lora)
+        if self.autocast:  # autocast casts the LoRA branch; peft's own cast would undo it
+            for module in net.modules():
+                if hasattr(module, 'cast_input_dtype_enabled'):
+                    module.cast_input_dtype_enabled = False
         return net
+
+    def compute_context(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 (``dtype``) autocast with ``lora_compute='autocast'``, else none."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[Any]) -> Condition:
@@ -168,8 +194,11 @@ class DiffusersBackbone(Backbone):
         for role in TRAINABLE_ROLES:
             add_frozen_stage(getattr(self, role), self.lora)
 
-    def warm_start(self, role: str, state: dict[str, Tensor]) -> None:
-        """The previous stage's trainable LoRA of ``role`` into its frozen adapter."""
+    def warm_start(self, role: str, state: dict[str, Tensor],
+                   fresh: tuple[float, torch.Generator] | None = None) -> None:
+        """The previous stage's trainable LoRA of ``role`` into its frozen adapter; with
+        ``fresh = (std, generator)`` the trainable adapter restarts at ``lora_A ~ N(0, std^2)``,
+        ``lora_B = 0`` (the release's stage-2 re-init, ALGORITHM.md 4.2 and pitfall 19)."""
         lora = {k.replace('.default.', '.'): v for k, v in state.items()
                 if 'lora_' in k and f'.{FROZEN_STAGE}.' not in k}
         if not lora:
@@ -178,6 +207,8 @@ class DiffusersBackbone(Backbone):
         if not has_frozen_stage(net):
             raise RuntimeError('warm_start needs prepare_warm_start() first (at construction)')
         load_lora_state(net, lora, FROZEN_STAGE)
+        if fresh is not None:
+            reinit_lora(net, *fresh)
 
     def prepare_for_state(self, state: dict[str, Tensor], prefix: str = '') -> None:
         """A stage-2 state holds the frozen stage-1 adapters: add them when missing."""

@@ -129,7 +129,8 @@ class FluxBackbone(DiffusersBackbone):
         """
         sigma = _per_sample(sigma, x)
         guidance = _per_sample(guidance_scale, x)
-        return self._forward(self.net(role), x, sigma, cond, guidance).float()
+        with self.compute_context(x.device):
+            return self._forward(self.net(role), x, sigma, cond, guidance).float()
 
     def _velocity(self, net: nn.Module, role: str, x: Tensor, sigma: Tensor,
                   cond: Condition) -> Tensor:

@@ -31,15 +31,16 @@ class ACDMDDistiller(DistillerBase):
             ``FinalStepMatching``): the fake score's objective, the generator's DMD term and
             where it is taken; it must have a ``dmd_loss``.
         fake_update_ratio: one generator update every this many fake-score updates.
-        init_checkpoint, seed, eval_seed: see :class:`DistillerBase`.
+        init_checkpoint, fresh_lora_std, seed, eval_seed: see :class:`DistillerBase`.
     """
 
     def __init__(self, backbone: dict, sampler: dict, matching: dict,
                  fake_update_ratio: int = 10, init_checkpoint: str | None = None,
-                 seed: int = 0, eval_seed: int = 42, data_preprocessor: dict | None = None
-                 ) -> None:
+                 fresh_lora_std: float | None = None, seed: int = 0, eval_seed: int = 42,
+                 data_preprocessor: dict | None = None) -> None:
         super().__init__(backbone=backbone, sampler=sampler, init_checkpoint=init_checkpoint,
-                         seed=seed, eval_seed=eval_seed, data_preprocessor=data_preprocessor)
+                         fresh_lora_std=fresh_lora_std, seed=seed, eval_seed=eval_seed,
+                         data_preprocessor=data_preprocessor)
         if fake_update_ratio < 1:
             raise ValueError(f'fake_update_ratio must be >= 1, got {fake_update_ratio}')
         self.matching = LOSSES.build(matching)

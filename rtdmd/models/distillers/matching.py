@@ -96,11 +96,11 @@ class DistributionMatching(GeneratorTerm):
         backbone = ctx.backbone
         with torch.no_grad():
             x_t, t, _, _ = self._renoise(x_s.detach(), s, ctx)
-            scale = self.draw_guidance(ctx.shared)
+            scale = self.draw_guidance(ctx)
             v_real = backbone.predict_velocity('teacher', x_t, t, ctx.cond, scale)
             v_fake = backbone.predict_velocity('fake_score', x_t, t, ctx.cond)
             # Shared transition noise: it cancels in the fake-real difference (pitfall 15).
-            z = torch.randn(x_s.shape, generator=ctx.local, device=x_s.device)
+            z = ctx.draws.normal('back_project', x_s.shape[1:], x_s.device)
             xs_real, xs_fake = ctx.sampler.transition.back_project(x_t, v_real, v_fake, t, s, z)
         return self.dmd_loss(x_s, xs_fake, xs_real)
 
@@ -112,34 +112,35 @@ class DistributionMatching(GeneratorTerm):
 
     def _renoise(self, x_s: Tensor, s: Tensor, ctx: UpdateContext
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        u = torch.rand(x_s.shape[0], generator=ctx.shared, device=x_s.device)
+        u = ctx.draws.uniform('renoise_time', x_s.device)
         t = sample_renoise_sigma(s, u, **self.renoise)
-        z = torch.randn(x_s.shape, generator=ctx.local, device=x_s.device)
+        z = ctx.draws.normal('renoise', x_s.shape[1:], x_s.device)
         x_t, sigma_ts = renoise_sub_interval(x_s, s, t, z)
         return x_t, t, z, sigma_ts
 
     def _consistency(self, ctx: UpdateContext, x_t: Tensor, t: Tensor, v_fake: Tensor
                      ) -> Tensor:
         """Two independent CPS hops from the anchor to a shared ``t'``; anchor keeps its grad."""
-        jump = torch.randint(1, self.consistency_max_jump + 1, (x_t.shape[0],),
-                             generator=ctx.shared, device=x_t.device)
+        jump = ctx.draws.randint('consistency_jump', 1, self.consistency_max_jump + 1,
+                                 x_t.device)
         t_next = consistency_jump_sigma(t, jump)
         h_anchor = x0_from_velocity(x_t, v_fake, t)
         preds = []
-        for _ in range(2):
+        for hop in range(2):
             with torch.no_grad():
-                z = torch.randn(x_t.shape, generator=ctx.local, device=x_t.device)
+                z = ctx.draws.normal(f'consistency_hop{hop}', x_t.shape[1:], x_t.device)
                 x_next, _, _ = ctx.sampler.transition(x_t, v_fake.detach(), t, t_next, z)
             v_next = ctx.backbone.predict_velocity('fake_score', x_next, t_next, ctx.cond)
             preds.append(x0_from_velocity(x_next, v_next, t_next))
         return self.consistency_loss(preds[0], preds[1], h_anchor)
 
-    def draw_guidance(self, shared: torch.Generator) -> float:
+    def draw_guidance(self, ctx: UpdateContext) -> float:
+        """The teacher's CFG scale: fixed, or uniform in ``(min, max)`` once per update."""
         g = self.teacher_guidance
         if isinstance(g, (int, float)):
             return float(g)
         low, high = g
-        return float(low + (high - low) * torch.rand(1, generator=shared, device=shared.device))
+        return float(low + (high - low) * ctx.draws.scalar('guidance'))
 
 
 @LOSSES.register_module()

@@ -20,22 +20,25 @@ are never part of the state dict.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor, nn
 
-from rtdmd.functional.grpo import combine_advantages, select_step_subset
+from rtdmd.functional.grpo import combine_advantages, finite_rewards, select_step_subset
 from rtdmd.models.backbones.base import Condition
-from rtdmd.models.losses.base import EpochContext, StepView
+from rtdmd.models.losses.base import EpochContext, GeneratorTerm, StepView
 from rtdmd.models.samplers.cps import Rollout
-from rtdmd.models.samplers.noise import GeneratorNoise, GroupSharedNoise
+from rtdmd.models.samplers.draws import DrawsNoise, GroupDraws
+from rtdmd.models.samplers.noise import GroupSharedNoise
 from rtdmd.registry import LOSSES, MODELS
 from rtdmd.rewards.multi import MultiReward
 from rtdmd.rewards.weights import bind_reward_config
 
-from .base import DistillerBase, item
+from .base import DistillerBase, chunk_bounds, item
 
 
 class Groups(NamedTuple):
@@ -62,20 +65,53 @@ class RTDMDDistiller(DistillerBase):
         subgrpo: ``dict(range_start, range_end, num_train_steps)``: the trained stochastic steps
             are a seeded subset of ``range_start..range_end`` (inclusive).
         advantage_clip: advantages are clipped to +-this.
+        micro_batch: ``dict(rollout=, fake_score=, generator=)``: samples per forward of each
+            phase (``None``: the whole local batch). The result does not depend on them: every
+            random number is keyed by its sample (:class:`GroupDraws`), every term is a mean
+            weighted by its micro-batch's share.
+        loss_normalization: ``'per_step'`` (the release's: the generator objective divided by
+            the number of backward passes per micro-batch, i.e. its sub-batches x trained
+            steps) or ``'sum'`` (the terms summed over the trained steps).
+        nonfinite_reward: ``'drop'`` a sample whose reward is not finite from the advantages
+            (counted in ``nonfinite_rewards``), or ``'raise'``.
         init_checkpoint: stage-1 checkpoint; the generator starts from its EMA weights, the fake
             score from its fake score (see :class:`DistillerBase`).
+        fresh_lora_std: std of the fresh trainable LoRA's ``lora_A`` at the warm start
+            (``lora_B = 0``); the release re-initialises it with ``N(0, 1)``, for both networks.
+            ``None`` keeps the backbone's own LoRA init.
     """
 
     def __init__(self, backbone: dict, sampler: dict, rewards: dict[str, dict],
                  group_size: int = 16, terms: dict[str, dict | None] | None = None,
                  matching: dict | None = None, subgrpo: dict | None = None,
-                 advantage_clip: float = 5.0, init_checkpoint: str | None = None,
+                 advantage_clip: float = 5.0, micro_batch: dict | None = None,
+                 loss_normalization: str = 'per_step', nonfinite_reward: str = 'drop',
+                 init_checkpoint: str | None = None, fresh_lora_std: float | None = 1.0,
                  seed: int = 0, eval_seed: int = 42, data_preprocessor: dict | None = None
                  ) -> None:
         super().__init__(backbone=backbone, sampler=sampler, init_checkpoint=init_checkpoint,
-                         seed=seed, eval_seed=eval_seed, data_preprocessor=data_preprocessor)
+                         fresh_lora_std=fresh_lora_std, seed=seed, eval_seed=eval_seed,
+                         data_preprocessor=data_preprocessor)
         self.group_size = group_size
         self.advantage_clip = advantage_clip
+        self.micro_batch = dict(rollout=None, fake_score=None, generator=None)
+        unknown = set(micro_batch or {}) - set(self.micro_batch)
+        if unknown:
+            raise TypeError(f'micro_batch got unknown keys {sorted(unknown)}; '
+                            f'valid: {sorted(self.micro_batch)}')
+        self.micro_batch.update(micro_batch or {})
+        for key, size in self.micro_batch.items():
+            if size is not None and (not isinstance(size, int) or size < 1):
+                raise ValueError(f'micro_batch.{key} must be a positive int or None, got '
+                                 f'{size!r}')
+        if loss_normalization not in ('per_step', 'sum'):
+            raise ValueError(f"loss_normalization must be 'per_step' or 'sum', got "
+                             f'{loss_normalization!r}')
+        if nonfinite_reward not in ('drop', 'raise'):
+            raise ValueError(f"nonfinite_reward must be 'drop' or 'raise', got "
+                             f'{nonfinite_reward!r}')
+        self.loss_normalization = loss_normalization
+        self.nonfinite_reward = nonfinite_reward
         self.subgrpo = dict(range_start=0, range_end=self.sampler.num_steps - 2,
                             num_train_steps=self.sampler.num_steps - 2)
         unknown = set(subgrpo or {}) - set(self.subgrpo)
@@ -121,20 +157,19 @@ class RTDMDDistiller(DistillerBase):
         groups = self.repeat_prompts(data)
         cond = self.backbone.encode_prompts(groups.prompts)  # each distinct prompt once
         selected = select_step_subset(seed=self.seed, epoch=epoch, **self.subgrpo)
-        rollout = self.sample(cond, groups, selected, epoch)
-        scores = self.reward.score_all(self.backbone.decode(rollout.sample), groups.prompts,
-                                       groups.metadata)
-        log_vars = {f'reward_{n}': v.mean().detach() for n, v in scores.items()}
+        ctx = self.epoch_context(cond, groups, epoch, selected)
+        rollout, scores = self.sample_and_score(ctx, epoch)
+        valid = finite_rewards(scores)
+        log_vars = self.reward_log(scores, valid)
         if self.matching is not None:  # one fake step per epoch, before the generator step
-            fake = self.context(cond, epoch, 'fake')
-            log_vars.update(self._update(
-                'fake_score', lambda: self.matching.fake_losses(fake, rollout), optim_wrapper))
-        advantages = combine_advantages(scores, self.reward.weights, groups.ids,
-                                        self.advantage_clip)
-        ctx = EpochContext(self.backbone, self.sampler, cond, *self.streams(epoch, 'generator'),
-                           prompts=groups.prompts, metadata=groups.metadata, reward=self.reward,
-                           advantages=advantages, selected=selected)
-        log_vars.update(self.generator_step(ctx, rollout, optim_wrapper))
+            fake = replace(ctx, draws=self.group_draws(epoch, 'fake', groups))
+            log_vars.update(self.update('fake_score', self.fake_passes(fake, rollout),
+                                        optim_wrapper))
+        ctx.advantages = combine_advantages(scores, self.reward.weights, groups.ids,
+                                            self.advantage_clip, valid=valid,
+                                            all_reduce=all_reduce_sum)
+        log_vars.update(self.update('generator', self.generator_passes(ctx, rollout),
+                                    optim_wrapper))
         self.iteration += 1
         return log_vars
 
@@ -150,35 +185,70 @@ class RTDMDDistiller(DistillerBase):
         metas = None if metadata is None else [metadata[i] for i in ids.tolist()]
         return Groups(reps, metas, ids.to(self.iteration.device), [base[i] for i in ids.tolist()])
 
-    @torch.no_grad()
-    def sample(self, cond: Condition, groups: Groups, selected: list[int], epoch: int) -> Rollout:
-        """All steps; the stochastic steps SubGRPO does not train share their group's noise."""
-        _, local = self.streams(epoch, 'rollout')
-        stochastic = self.sampler.stochastic_steps(self.sampler.sigmas(self.backbone))
-        noise = GroupSharedNoise(GeneratorNoise(local), groups.keys, epoch,
-                                 [j for j in stochastic if j not in selected])
-        return self.sampler.rollout(self.backbone, cond, noise)
+    def group_draws(self, epoch: int, tag: str, groups: Groups) -> GroupDraws:
+        """The epoch's draws of ``tag``, keyed by each sample's group (see GroupDraws)."""
+        return GroupDraws((self.seed, epoch, tag), groups.keys)
 
-    def generator_step(self, ctx: EpochContext, rollout: Rollout,
-                       optim_wrapper: OptimWrapperDict) -> dict[str, Tensor]:
-        """Every term's gradient, accumulated step by step, then exactly one optimizer step."""
-        wrapper = optim_wrapper['generator']
+    def epoch_context(self, cond: Condition, groups: Groups, epoch: int,
+                      selected: list[int]) -> EpochContext:
+        return EpochContext(self.backbone, self.sampler, cond,
+                            self.group_draws(epoch, 'generator', groups), prompts=groups.prompts,
+                            metadata=groups.metadata, reward=self.reward, selected=selected,
+                            groups=groups)
+
+    @torch.no_grad()
+    def sample_and_score(self, ctx: EpochContext, epoch: int
+                         ) -> tuple[Rollout, dict[str, Tensor]]:
+        """All steps, per ``rollout`` micro-batch, decoded and scored by every reward; the
+        stochastic steps SubGRPO does not train share their group's noise."""
+        draws = self.group_draws(epoch, 'rollout', ctx.groups)
+        stochastic = self.sampler.stochastic_steps(self.sampler.sigmas(self.backbone))
+        shared = [j for j in stochastic if j not in ctx.selected]
+        parts, scores = [], []
+        for a, b in chunk_bounds(ctx.batch_size, self.micro_batch['rollout']):
+            part = ctx.slice(a, b)
+            noise = GroupSharedNoise(DrawsNoise(draws.slice(a, b), 'rollout'),
+                                     ctx.groups.keys[a:b], epoch, shared)
+            parts.append(self.sampler.rollout(self.backbone, part.cond, noise))
+            scores.append(self.reward.score_all(self.backbone.decode(parts[-1].sample),
+                                                part.prompts, part.metadata))
+        return Rollout.cat(parts), {n: torch.cat([s[n] for s in scores]) for n in scores[0]}
+
+    def fake_passes(self, ctx: EpochContext, rollout: Rollout) -> list:
+        """One backward pass per ``fake_score`` micro-batch of the epoch's rollout."""
+        n = ctx.batch_size
+
+        def run(a: int, b: int):
+            return self.matching.fake_losses(ctx.slice(a, b), rollout.slice(a, b)), (b - a) / n
+
+        return [partial(run, a, b) for a, b in chunk_bounds(n, self.micro_batch['fake_score'])]
+
+    def generator_passes(self, ctx: EpochContext, rollout: Rollout) -> list:
+        """One backward pass per ``generator`` micro-batch and trained step (every term that
+        reads the step), then one per term with a rollout of its own; each weighted by its
+        micro-batch's share and, with ``loss_normalization='per_step'``, divided by the passes
+        per micro-batch (the release's division by sub-batches x trained steps)."""
         terms = [*self.terms.values(), *([self.matching] if self.matching is not None else [])]
         plan = [(term, term.steps(ctx)) for term in terms]
-        logged: dict[str, Tensor] = {}
-        with wrapper.optim_context(self.backbone.net('generator')):
-            for j in sorted(set().union(*(steps for _, steps in plan))):
-                view = self.step_view(ctx, rollout, j)
-                self._accumulate(wrapper, {f'loss_{t.name}': t(view) for t, steps in plan
-                                           if j in steps}, logged)
-            for term, steps in plan:
-                loss = None if steps else term.own_rollout_loss(ctx)
-                if loss is not None:
-                    self._accumulate(wrapper, {f'loss_{term.name}': loss}, logged)
-        if logged:
-            wrapper.step()
-            wrapper.zero_grad()
-        return logged
+        steps = sorted(set().union(*(steps for _, steps in plan)))
+        own = [term for term, steps in plan if not steps]
+        per_chunk = len(steps) + len(own)
+        norm = per_chunk if self.loss_normalization == 'per_step' else 1
+        n, passes = ctx.batch_size, []
+
+        def at_step(a: int, b: int, j: int):
+            view = self.step_view(ctx.slice(a, b), rollout.slice(a, b), j)
+            terms_j = {f'loss_{t.name}': t(view) for t, steps in plan if j in steps}
+            return terms_j, (b - a) / n / norm
+
+        def own_rollout(a: int, b: int, term: GeneratorTerm):
+            loss = term.own_rollout_loss(ctx.slice(a, b))
+            return ({} if loss is None else {f'loss_{term.name}': loss}), (b - a) / n / norm
+
+        for a, b in chunk_bounds(n, self.micro_batch['generator']):
+            passes += [partial(at_step, a, b, j) for j in steps]
+            passes += [partial(own_rollout, a, b, term) for term in own]
+        return passes
 
     def step_view(self, ctx: EpochContext, rollout: Rollout, j: int) -> StepView:
         """One generator forward, with grad, at the stored input of step ``j``."""
@@ -187,11 +257,26 @@ class RTDMDDistiller(DistillerBase):
         return StepView(ctx, j, x, v, sigmas[j], sigmas[j + 1], rollout.latents[j + 1],
                         rollout.log_probs[j])
 
-    @staticmethod
-    def _accumulate(wrapper: Any, losses: dict[str, Tensor], logged: dict) -> None:
-        wrapper.backward(sum(losses.values()))
-        for name, value in losses.items():
-            logged[name] = logged.get(name, 0.0) + value.detach().float()
+    def reward_log(self, scores: dict[str, Tensor], valid: Tensor) -> dict[str, Tensor]:
+        """Mean of every reward over the valid samples, and how many were dropped."""
+        out = {f'reward_{n}': v[valid].float().mean().detach() for n, v in scores.items()}
+        out['nonfinite_rewards'] = (~valid).sum().float()
+        if self.nonfinite_reward == 'raise' and not bool(valid.all()):
+            bad = {n: int((~torch.isfinite(v)).sum()) for n, v in scores.items()}
+            raise FloatingPointError(f'non-finite rewards at epoch {int(self.iteration)}: '
+                                     f'{bad} of {valid.numel()} samples (set '
+                                     f"model.nonfinite_reward='drop' to train on the others)")
+        return out
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum over processes (identity on one)."""
+    from mmengine.dist import all_reduce, get_world_size
+
+    if get_world_size() > 1:
+        t = t.clone()
+        all_reduce(t, op='sum')
+    return t
 
 
 def _check_rewards(rewards: Mapping[str, Any], bp_terms: list[str]) -> dict:

@@ -11,7 +11,7 @@ random-stop distribution matching of stage 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from rtdmd.functional.flow import x0_from_velocity
-from rtdmd.models.backbones.base import Backbone, Condition, condition_batch_size
+from rtdmd.models.backbones.base import Backbone, Condition, condition_batch_size, index_condition
 from rtdmd.models.samplers.cps import CPSSampler, Rollout
-from rtdmd.models.samplers.noise import GeneratorNoise
+from rtdmd.models.samplers.draws import Draws, DrawsNoise
 
 
 @dataclass
@@ -30,17 +30,15 @@ class UpdateContext:
 
     Attributes:
         backbone: the three networks.
-        sampler: the generator's few-step sampler (schedule, transition, random stop).
-        cond: the encoded prompts of the batch.
-        shared: RNG identical on every rank (random stop, renoise times, guidance, jumps).
-        local: rank-local RNG (initial latents, transition and renoising noise).
+        sampler: the generator's few-step sampler (schedule, transition).
+        cond: the encoded prompts of the (micro-)batch.
+        draws: the update's random numbers, by name (:mod:`rtdmd.models.samplers.draws`).
     """
 
     backbone: Backbone
     sampler: CPSSampler
     cond: Condition
-    shared: torch.Generator
-    local: torch.Generator
+    draws: Draws
 
     @property
     def batch_size(self) -> int:
@@ -48,10 +46,10 @@ class UpdateContext:
 
     def fresh_rollout(self, random_stop: bool, grad_last: bool = False) -> Rollout:
         """A new generator rollout from fresh noise; with ``random_stop`` it stops after a
-        (shared) uniform number of steps. Only the last executed step keeps its graph, and only
-        with ``grad_last``."""
-        stop = self.sampler.draw_stop(self.shared) if random_stop else None
-        return self.sampler.rollout(self.backbone, self.cond, GeneratorNoise(self.local),
+        uniform number of steps (one per update, on every rank). Only the last executed step
+        keeps its graph, and only with ``grad_last``."""
+        stop = self.draws.stop('stop', self.sampler.num_steps) if random_stop else None
+        return self.sampler.rollout(self.backbone, self.cond, DrawsNoise(self.draws, 'fresh'),
                                     stop=stop, grad_last=grad_last)
 
 
@@ -65,6 +63,7 @@ class EpochContext(UpdateContext):
         reward: the stage's rewards (a ``MultiReward``).
         advantages: ``(B,)`` clipped advantages of the rollout.
         selected: the stochastic steps trained this epoch (SubGRPO).
+        groups: the whole batch's prompt groups (ids, noise keys); a slice keeps them whole.
     """
 
     prompts: Sequence[Any] | Tensor = ()
@@ -72,6 +71,16 @@ class EpochContext(UpdateContext):
     reward: nn.Module | None = None
     advantages: Tensor | None = None
     selected: list[int] = field(default_factory=list)
+    groups: Any = None  # the whole batch's prompt groups (RTDMDDistiller.Groups)
+
+    def slice(self, start: int, stop: int) -> EpochContext:
+        """The context of samples ``start:stop`` (a micro-batch)."""
+        rows = torch.arange(start, stop)
+        return replace(
+            self, cond=index_condition(self.cond, rows), draws=self.draws.slice(start, stop),
+            prompts=self.prompts[start:stop],
+            metadata=None if self.metadata is None else self.metadata[start:stop],
+            advantages=None if self.advantages is None else self.advantages[start:stop])
 
 
 @dataclass

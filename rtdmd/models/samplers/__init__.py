@@ -1,5 +1,7 @@
 from .cps import CPSSampler, CPSTransition, EulerSampler, Rollout
-from .noise import GeneratorNoise, GroupSharedNoise, NoiseSource, PerSampleNoise, PrefetchedNoise
+from .draws import Draws, DrawsNoise, GroupDraws, StreamDraws
+from .noise import GeneratorNoise, GivenNoise, GroupSharedNoise, NoiseSource, PerSampleNoise
 
-__all__ = ['CPSSampler', 'CPSTransition', 'EulerSampler', 'GeneratorNoise', 'GroupSharedNoise',
-           'NoiseSource', 'PerSampleNoise', 'PrefetchedNoise', 'Rollout']
+__all__ = ['CPSSampler', 'CPSTransition', 'Draws', 'DrawsNoise', 'EulerSampler',
+           'GeneratorNoise', 'GivenNoise', 'GroupDraws', 'GroupSharedNoise', 'NoiseSource',
+           'PerSampleNoise', 'Rollout', 'StreamDraws']

@@ -32,7 +32,9 @@ class Rollout:
         x_s: the CPS sample after the last executed step (noisy, at ``s``); AC-DMD's ``x_s``.
         s: ``(B,)`` noise level of ``x_s`` (0 after the final, deterministic step).
         latents: ``x_0 .. x_S`` (``x_j`` is the input of step ``j``).
-        means, stds, log_probs, velocities: per executed step ``j``.
+        means, log_probs, velocities: per executed step ``j``, one row per sample.
+        stds: per executed step, the transition std (one value for the whole batch: the
+            schedule's sigmas are shared).
         sigmas: the schedule ``(num_steps + 1,)`` the rollout used.
     """
 
@@ -45,6 +47,26 @@ class Rollout:
     stds: list[Tensor] = field(default_factory=list)
     log_probs: list[Tensor] = field(default_factory=list)
     velocities: list[Tensor] = field(default_factory=list)
+
+    def slice(self, start: int, stop: int) -> Rollout:
+        """Samples ``start:stop`` of the rollout."""
+        rows = slice(start, stop)
+        return Rollout(self.sample[rows], self.x_s[rows], self.s[rows], self.sigmas,
+                       [v[rows] for v in self.latents], [v[rows] for v in self.means],
+                       list(self.stds), [v[rows] for v in self.log_probs],
+                       [v[rows] for v in self.velocities])
+
+    @staticmethod
+    def cat(parts: Sequence[Rollout]) -> Rollout:
+        """One rollout of the micro-batches ``parts`` (same schedule and stop), in order."""
+
+        def join(name: str) -> list[Tensor]:
+            return [torch.cat(v) for v in zip(*(getattr(p, name) for p in parts), strict=True)]
+
+        return Rollout(torch.cat([p.sample for p in parts]), torch.cat([p.x_s for p in parts]),
+                       torch.cat([p.s for p in parts]), parts[0].sigmas, join('latents'),
+                       join('means'), list(parts[0].stds), join('log_probs'),
+                       join('velocities'))
 
 
 class CPSTransition:
@@ -134,11 +156,6 @@ class CPSSampler:
         """Indices ``j`` whose transition ``sigmas[j] -> sigmas[j + 1]`` draws noise."""
         return [j for j in range(self.num_steps)
                 if self.transition.is_stochastic(sigmas[j + 1])]
-
-    def draw_stop(self, generator: torch.Generator) -> int:
-        """A random stop: the number of executed steps, uniform in ``1..S`` (one per batch)."""
-        return int(torch.randint(1, self.num_steps + 1, (1,), generator=generator,
-                                 device=generator.device))
 
     def rollout(self, backbone: Backbone, cond: Condition, noise: NoiseSource | Tensor, *,
                 role: str = 'generator', stop: int | None = None,

@@ -10,9 +10,10 @@ a noise source for them in that order and never draws by itself, so the same sam
 - SubGRPO: :class:`GroupSharedNoise`, prompt-seeded noise shared by the K copies of a prompt on
   the stochastic steps not trained this epoch (ALGORITHM.md 4.3), another source elsewhere.
 
-Micro-batched rollouts use :class:`PrefetchedNoise`: every tensor is drawn for the whole batch
-in the unsliced order first and then served in slices, so the result does not depend on the
-chunking.
+Stage 2 draws through :class:`DrawsNoise` over a :class:`Draws` object (below), whose per-sample
+numbers are keyed by the sample's group and name rather than drawn in call order: a micro-batch
+draws exactly the rows the whole batch would, so the result does not depend on the chunking or
+on the number of processes.
 """
 
 from __future__ import annotations
@@ -138,49 +139,4 @@ class GivenNoise(NoiseSource):
         return self.steps[j].to(device)
 
 
-class PrefetchedNoise(NoiseSource):
-    """Every draw of a rollout made up front for the whole batch, then served in slices.
-
-    Build it with :meth:`fetch`; :meth:`slice` gives the source of a sub-batch.
-
-    Args:
-        draws: ``{'initial': (B, ...), j: (B, ...)}``, the whole batch's tensors.
-        rows: the samples this source serves.
-    """
-
-    def __init__(self, draws: dict[int | str, Tensor], rows: slice) -> None:
-        self.draws = draws
-        self.rows = rows
-
-    @classmethod
-    def fetch(cls, source: NoiseSource, shape: Sequence[int], steps: Sequence[int],
-              device: torch.device | str) -> PrefetchedNoise:
-        """Ask ``source`` exactly as an unsliced rollout of ``shape`` would (the initial latent,
-        then each of ``steps`` in order), so the values do not depend on how the batch is cut."""
-        shape = tuple(shape)
-        draws: dict[int | str, Tensor] = {'initial': source.initial(shape, device)}
-        draws.update({j: source.step(j, shape, device) for j in steps})
-        return cls(draws, slice(0, shape[0]))
-
-    def slice(self, start: int, stop: int) -> PrefetchedNoise:
-        """The source of samples ``start:stop`` of this one."""
-        return PrefetchedNoise(self.draws, slice(self.rows.start + start,
-                                                 self.rows.start + stop))
-
-    def _take(self, key: int | str, shape: Sequence[int], device: torch.device | str) -> Tensor:
-        if key not in self.draws:
-            raise KeyError(f'noise of step {key} was not prefetched (have {list(self.draws)})')
-        out = self.draws[key][self.rows]
-        if tuple(out.shape) != tuple(shape):
-            raise ValueError(f'asked for {tuple(shape)}, this slice holds {tuple(out.shape)}')
-        return out.to(device)
-
-    def initial(self, shape: Sequence[int], device: torch.device | str) -> Tensor:
-        return self._take('initial', shape, device)
-
-    def step(self, j: int, shape: Sequence[int], device: torch.device | str) -> Tensor:
-        return self._take(j, shape, device)
-
-
-__all__ = ['GeneratorNoise', 'GivenNoise', 'GroupSharedNoise', 'NoiseSource', 'PerSampleNoise',
-           'PrefetchedNoise']
+__all__ = ['GeneratorNoise', 'GivenNoise', 'GroupSharedNoise', 'NoiseSource', 'PerSampleNoise']
