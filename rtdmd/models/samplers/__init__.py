@@ -1,5 +1,12 @@
 from .cps import CPSSampler, CPSTransition, EulerSampler, Rollout
-from .noise import GeneratorNoise, GroupSharedNoise, NoiseSource, PerSampleNoise, PrefetchedNoise
+from .noise import (
+    GeneratorNoise,
+    GivenNoise,
+    GroupSharedNoise,
+    NoiseSource,
+    PerSampleNoise,
+    PrefetchedNoise,
+)
 
-__all__ = ['CPSSampler', 'CPSTransition', 'EulerSampler', 'GeneratorNoise', 'GroupSharedNoise',
-           'NoiseSource', 'PerSampleNoise', 'PrefetchedNoise', 'Rollout']
+__all__ = ['CPSSampler', 'CPSTransition', 'EulerSampler', 'GeneratorNoise', 'GivenNoise',
+           'GroupSharedNoise', 'NoiseSource', 'PerSampleNoise', 'PrefetchedNoise', 'Rollout']
