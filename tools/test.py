@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.benchmarks is not None:
-        from rtdmd.datasets.text_prompts import PromptFileError
         from rtdmd.apis.benchmarks import check_request, run_benchmarks
+        from rtdmd.datasets.text_prompts import PromptFileError
         from rtdmd.evaluation.benchmark import SettingsMismatchError
         req = benchmark_request(args)
         try:
