@@ -87,6 +87,11 @@ def check_benchmark_config(bench: Mapping[str, Any], suites: Sequence[str] | Non
         if name not in all_suites:
             errors.append(f'benchmark suite {name!r} is not defined; the config defines '
                           f'{sorted(all_suites)}')
+    max_prompts = bench.get('max_prompts')
+    if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(
+            max_prompts, int) or max_prompts < 1):
+        errors.append(f'benchmark.max_prompts: None (all prompts) or an int >= 1, got '
+                      f'{max_prompts!r} (0 leaves nothing to sample)')
     seeds = bench.get('seeds', [42])
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         errors.append(f'benchmark.seeds: a non-empty list of distinct ints, got {seeds!r}')
@@ -99,9 +104,11 @@ def check_benchmark_config(bench: Mapping[str, Any], suites: Sequence[str] | Non
 
 
 def suite_prompts(suite: Mapping[str, Any], max_prompts: int | None = None) -> list[dict]:
-    """The suite's validated prompt items (the first ``max_prompts`` when given)."""
-    from rtdmd.datasets.text_prompts import BENCHMARKS, load_benchmark, read_prompt_file
+    """The suite's validated prompt items (the first ``max_prompts`` when given, >= 1)."""
+    from rtdmd.datasets.text_prompts import (BENCHMARKS, check_max_prompts, load_benchmark,
+                                             read_prompt_file)
 
+    check_max_prompts(max_prompts)
     if suite['prompts'] in BENCHMARKS:
         return load_benchmark(suite['prompts'], max_prompts, path=suite.get('file'))
     return read_prompt_file(suite['prompts'])[:max_prompts]

@@ -13,7 +13,20 @@ over the whole tree and reports every problem at once:
    ``VISBACKENDS``, ...), honouring mmengine's ``'scope.Name'`` prefix, a ``_scope_`` key and
    full import paths (``'torch.optim.AdamW'``).
 3. every other key of such a dict is a parameter of the resolved class (``__init__``) or
-   function, unless the signature takes ``**kwargs`` (then nothing can be said).
+   function, unless the signature takes ``**kwargs`` (then nothing can be said; mmengine's
+   ``CheckpointHook`` is the exception: its ``**kwargs`` go to ``Runner.save_checkpoint``,
+   which takes none beyond the ones the hook passes itself);
+4. every value of such a dict has the type its parameter is annotated with (or, unannotated,
+   the kind of its default: a number, a bool) -- ``lr='abc'`` or ``max_iters='ten'`` name the key
+   and the expected type;
+5. untyped dict arguments whose keys a constructor checks only once built (``model.subgrpo``,
+   ``model.renoise``, ...) hold known keys: a class declares them in a ``dict_arg_keys``
+   attribute (``{argument: keys}``, or ``{argument: {'*': keys}}`` for a dict of such dicts);
+   :data:`DICT_ARG_KEYS` covers classes that do not declare it yet.
+
+Changing a component's ``type`` on the command line (``reward.type=QuadraticReward``) drops the
+keys of the base config's dict that the new type does not take (``direction`` of the old
+``LinearReward``), logging which; keys the user set on the command line are kept (and checked).
 
 Typeless dicts (``train_cfg=dict(by_epoch=False, ...)``, dataloaders, ``default_hooks``) and
 lists are walked recursively. Non-string types (classes from new-style configs) are not resolved.
@@ -21,9 +34,12 @@ lists are walked recursively. Non-string types (classes from new-style configs) 
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import inspect
 import os.path as osp
+import types
+import typing
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -62,6 +78,17 @@ _REGISTRY_RESERVED_KEYS = {
 
 # String values that name a registered thing although they are not under a 'type' key.
 _NAMED_TYPE_KEYS = {('optim_wrapper', 'constructor'): 'optimizer wrapper constructor'}
+
+#: Keys of untyped dict arguments, by class name, for classes without a ``dict_arg_keys``
+#: attribute (see module docstring). tests/test_configs/test_validation_types.py checks each
+#: entry against what the class itself accepts.
+DICT_ARG_KEYS: dict[str, dict[str, Any]] = {
+    'ACDMDDistiller': {'renoise': ('offset', 'end', 'min_step', 'max_step')},
+    'RTDMDDistiller': {'renoise': ('offset', 'end', 'min_step', 'max_step'),
+                       'subgrpo': ('range_start', 'range_end', 'num_train_steps'),
+                       'rewards': {'*': ('scorer', 'weight')}},
+    'GaussianMixtureBackbone': {'init_fit': ('iters', 'batch_size', 'lr', 'seed')},
+}
 
 _MAX_SUGGESTIONS = 3
 _TOP_LEVEL_HINT = (
@@ -106,6 +133,7 @@ def load_config(path: str, cfg_options: dict | None = None) -> Config:
         raise FileNotFoundError(f'config file not found: {path!r}')
     cfg = Config.fromfile(path)
     if cfg_options:
+        _drop_keys_of_replaced_types(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     try:
         resolve_references(cfg)
@@ -200,6 +228,9 @@ def _check_typed_dict(
                 f'{path}.{key}: {key!r} is not an argument of {type_name} ({name}).'
                 + _suggest(str(key), accepted)
             )
+    if len(found) == 1:  # one candidate: its annotations and nested key sets apply
+        errors.extend(_value_type_errors(node, found[0][1], path))
+        errors.extend(_dict_arg_errors(node, found[0][1], path))
     return errors
 
 
@@ -296,7 +327,7 @@ def _parameters(obj: Any) -> set[str] | None:
     """
     target = obj.__init__ if inspect.isclass(obj) else obj
     if target is object.__init__:
-        return None
+        return set()  # a class without a constructor of its own takes no arguments
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
@@ -304,7 +335,8 @@ def _parameters(obj: Any) -> set[str] | None:
     params = list(sig.parameters.values())
     if inspect.isclass(obj) and params:
         params = params[1:]  # self
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params) and \
+            not _kwargs_take_nothing(target):
         return None
     return {
         p.name
@@ -332,3 +364,172 @@ def _get_path(cfg_dict: dict, path: tuple[str, ...]) -> Any:
             return None
         node = dict.__getitem__(node, key)
     return node
+
+
+def _kwargs_take_nothing(init: Any) -> bool:
+    """``**kwargs`` that reach nothing able to take them (a typo there crashes at first use)."""
+    from mmengine.hooks import CheckpointHook
+
+    return init is CheckpointHook.__init__
+
+
+# ------------------------------------------------------------------------------ value types
+_KIND_OF = {bool: 'bool', int: 'int', float: 'float', str: 'str', type(None): 'None',
+            list: 'list', tuple: 'list', dict: 'dict'}
+_KIND_NAMES = {'int': 'int', 'float': 'float', 'bool': 'bool', 'str': 'str', 'None': 'None',
+               'list': 'list/tuple', 'dict': 'dict'}
+
+
+def _value_kind(value: Any) -> str | None:
+    for cls in type(value).__mro__:
+        if cls in _KIND_OF:
+            return _KIND_OF[cls]
+    return None
+
+
+def _annotation_kinds(ann: Any) -> set[str] | None:
+    """The value kinds an annotation admits; None when it cannot be said (Any, a class, ...)."""
+    import torch
+
+    if ann is Any or ann is inspect.Parameter.empty:
+        return None
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        for arg in typing.get_args(ann):
+            sub = _annotation_kinds(arg)
+            if sub is None:
+                return None
+            kinds |= sub
+        return kinds
+    if origin is typing.Literal:
+        return {k for v in typing.get_args(ann) if (k := _value_kind(v))} or None
+    target = origin or ann
+    if target is torch.Tensor:
+        return set()  # configs never hold tensors; the other members of a Union decide
+    if target is float:
+        return {'float', 'int'}
+    simple = {int: {'int'}, bool: {'bool'}, str: {'str'}, type(None): {'None'}}
+    if target in simple:
+        return simple[target]
+    if target in (list, tuple, collections.abc.Sequence, collections.abc.Iterable,
+                  collections.abc.MutableSequence):
+        return {'list'}
+    if target in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
+        return {'dict'}
+    return None
+
+
+def _expected_kinds(obj: Any) -> dict[str, set[str]]:
+    """Parameter -> admitted kinds, from annotations or (unannotated) numeric / bool defaults."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return {}
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001  (unresolvable annotations: fall back to defaults only)
+        hints = {}
+    expected = {}
+    for name, param in sig.parameters.items():
+        kinds = _annotation_kinds(hints[name]) if name in hints else None
+        if kinds is None and name not in hints:
+            default = param.default
+            if isinstance(default, bool):
+                kinds = {'bool'}
+            elif isinstance(default, (int, float)):
+                kinds = {'int', 'float'}
+        if kinds:
+            expected[name] = kinds
+    return expected
+
+
+def _value_type_errors(node: dict, obj: Any, path: str) -> list[str]:
+    errors = []
+    expected = _expected_kinds(obj)
+    for key, value in dict.items(node):
+        kinds = expected.get(key)
+        kind = _value_kind(value)
+        if not kinds or kind is None or key in _BUILD_KEYS:
+            continue
+        if kind not in kinds and not (kind == 'int' and 'float' in kinds):
+            want = ' or '.join(sorted(_KIND_NAMES[k] for k in kinds))
+            errors.append(f'{path}.{key}: expected {want}, got {type(value).__name__} '
+                          f'{value!r}')
+    return errors
+
+
+def _dict_arg_errors(node: dict, obj: Any, path: str) -> list[str]:
+    """Keys of untyped dict arguments against ``dict_arg_keys`` / :data:`DICT_ARG_KEYS`."""
+    declared = getattr(obj, 'dict_arg_keys', None) or DICT_ARG_KEYS.get(
+        getattr(obj, '__name__', ''), {})
+    errors = []
+    for arg, keys in declared.items():
+        value = dict.get(node, arg)
+        if not isinstance(value, dict):
+            continue
+        if isinstance(keys, dict):  # {'*': keys}: every value is such a dict
+            items = [(f'{path}.{arg}.{k}', v) for k, v in value.items() if isinstance(v, dict)]
+            keys = keys['*']
+        else:
+            items = [(f'{path}.{arg}', value)]
+        for where, sub in items:
+            for key in sub:
+                if key not in keys:
+                    errors.append(f'{where}.{key}: {key!r} is not a key of {arg} '
+                                  f'(valid: {", ".join(keys)}).' + _suggest(str(key), keys))
+    return errors
+
+
+# ------------------------------------------------------------------------ replaced types
+def _drop_keys_of_replaced_types(cfg: Config, cfg_options: dict) -> list[str]:
+    """Before merging ``cfg_options``: for every ``X.type`` they change, drop the keys of the
+    base's ``X`` that the new type does not accept and the options do not set. Returns (and
+    logs) one line per changed type."""
+    from mmengine.logging import print_log
+
+    options = _dotted_options(cfg_options)
+    resolver: _Resolver | None = None
+    lines = []
+    for key, new_type in options.items():
+        if not key.endswith('.type') or not isinstance(new_type, str):
+            continue
+        parent_path = key[:-len('.type')]
+        node = _get_path(cfg._cfg_dict, tuple(parent_path.split('.')))
+        if not isinstance(node, dict) or dict.get(node, 'type') in (None, new_type):
+            continue
+        resolver = resolver or _Resolver()
+        scope = dict.get(cfg._cfg_dict, 'default_scope') or 'rtdmd'
+        found = resolver.resolve(new_type, scope)
+        accepted: set[str] = set()
+        for registry_name, obj in found:
+            params = _parameters(obj)
+            if params is None:
+                accepted = None
+                break
+            accepted |= params | _REGISTRY_RESERVED_KEYS.get(registry_name, frozenset())
+        if not found or accepted is None:
+            continue  # unknown type (reported by validation) or **kwargs: keep everything
+        user = {k[len(parent_path) + 1:].split('.')[0] for k in options
+                if k.startswith(parent_path + '.')}
+        drop = [k for k in dict.keys(node)
+                if k not in accepted and k not in _BUILD_KEYS and k not in user]
+        for k in drop:
+            dict.__delitem__(node, k)
+        if drop:
+            lines.append(f'{parent_path}.type: {dict.get(node, "type")} -> {new_type}; dropped '
+                         f'{", ".join(drop)} of the base config ({new_type} does not take them)')
+    for line in lines:
+        print_log(line, logger='current', level=30)
+    return lines
+
+
+def _dotted_options(options: dict, prefix: str = '') -> dict:
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and value:
+            flat.update(_dotted_options(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
