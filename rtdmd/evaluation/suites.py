@@ -105,8 +105,12 @@ def check_benchmark_config(bench: Mapping[str, Any], suites: Sequence[str] | Non
 
 def suite_prompts(suite: Mapping[str, Any], max_prompts: int | None = None) -> list[dict]:
     """The suite's validated prompt items (the first ``max_prompts`` when given, >= 1)."""
-    from rtdmd.datasets.text_prompts import (BENCHMARKS, check_max_prompts, load_benchmark,
-                                             read_prompt_file)
+    from rtdmd.datasets.text_prompts import (
+        BENCHMARKS,
+        check_max_prompts,
+        load_benchmark,
+        read_prompt_file,
+    )
 
     check_max_prompts(max_prompts)
     if suite['prompts'] in BENCHMARKS:
