@@ -113,7 +113,7 @@ def run_stage(plan: StagePlan) -> StagePlan:
         print_log(f'stage {plan.name}: finished earlier with the same config, skipped '
                   f'({plan.checkpoint})', logger='current')
         return plan
-    if plan.state == 'changed':
+    if plan.state == 'changed':  # allowed by check_stage_plans, or its start stage retrained
         moved = move_aside(sub.work_dir)
         print_log(f'stage {plan.name}: {plan.reason}; its old run moved to {moved}',
                   logger='current')

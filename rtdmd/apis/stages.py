@@ -175,7 +175,9 @@ class StagePlan:
 
     ``state``: ``'fresh'`` (nothing trained yet), ``'resume'`` (an interrupted run continues from
     ``checkpoint``), ``'done'`` (``checkpoint`` is the final one, written by the same resolved
-    config) or ``'changed'`` (its checkpoints were written with other options; ``reason``).
+    config), ``'changed'`` (its checkpoints were written with other options; ``reason``) or
+    ``'pending'`` (it has checkpoints, but the stage it starts from trains first: whether they
+    still fit is known once that stage's final weights are).
     """
 
     name: str
@@ -190,12 +192,12 @@ def plan_stage(cfg: Config, stage: dict, cli_options: dict | None,
     """Classify one stage from its work dir; ``plans`` holds the earlier stages' plans."""
     name, upstream = stage['name'], stage.get('init_from')
     if upstream and plans[upstream].state != 'done':
-        # The stage it starts from trains now: its checkpoints, if any, came from other weights.
+        # The stage it starts from trains first; its final weights decide about these.
         sub = stage_config(cfg, {k: v for k, v in stage.items() if k != 'init_from'},
                            cli_options)
         if list_checkpoints(sub.work_dir):
-            return StagePlan(name, sub, 'changed', reason=f'it starts from stage {upstream}, '
-                             f'which trains again')
+            return StagePlan(name, sub, 'pending', reason=f'it starts from stage {upstream}, '
+                             f'which trains first')
         return StagePlan(name, sub, 'fresh')
     init = plans[upstream].checkpoint if upstream else None
     sub = stage_config(cfg, stage, cli_options, init_checkpoint=init)
@@ -210,7 +212,9 @@ def plan_stage(cfg: Config, stage: dict, cli_options: dict | None,
     ours = config_identity(sub, name)
     if record.identity.get('config_hash', ours['config_hash']) != ours['config_hash']:
         keys = changed_keys(record.identity, ours)
-        return StagePlan(name, sub, 'changed', path, f'options changed: {"; ".join(keys)}')
+        what = 'its start weights changed' if keys == [] or all(
+            k.startswith('model.init_checkpoint') for k in keys) else 'options changed'
+        return StagePlan(name, sub, 'changed', path, f'{what}: {"; ".join(keys)}')
     if record.iter is not None and record.iter > max_iters:
         return StagePlan(name, sub, 'changed', path, f'trained to iter {record.iter}, past '
                          f'train_cfg.max_iters={max_iters}')

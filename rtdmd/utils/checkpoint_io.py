@@ -36,7 +36,7 @@ __all__ = [
     'CheckpointCorruptError', 'CheckpointReadError', 'CheckpointRecord', 'RECORD_FORMAT',
     'RECORD_SUFFIX', 'UnsafeCheckpointError', 'decode_checkpoint', 'encode_checkpoint',
     'file_sha256', 'find_resume_checkpoint', 'list_checkpoints', 'load_checkpoint_file',
-    'read_record', 'record_path', 'verify_checkpoint',
+    'read_record', 'record_path', 'verify_checkpoint', 'weights_sha256',
 ]
 
 RECORD_SUFFIX = '.json'
@@ -68,6 +68,7 @@ class CheckpointRecord:
     size: int
     iter: int | None = None
     identity: dict = field(default_factory=dict)
+    weights_sha256: str | None = None
 
     def describe(self) -> str:
         """One line naming what this checkpoint is (stage, model, config, iteration)."""
@@ -123,6 +124,25 @@ def decode_checkpoint(obj: Any) -> Any:
     return obj
 
 
+def weights_sha256(checkpoint: dict) -> str:
+    """SHA-256 of a checkpoint's weights and EMA (names, dtypes, shapes and bytes).
+
+    Unlike the file's checksum it does not change with the time stamps in ``meta``: a stage
+    re-trained to the same weights keeps the identity of every stage started from it.
+    """
+    digest = hashlib.sha256()
+    for section in ('state_dict', 'ema_state'):
+        tensors = checkpoint.get(section) or {}
+        for name in sorted(tensors):
+            value = tensors[name]
+            if not isinstance(value, torch.Tensor):
+                continue
+            value = value.detach().cpu().contiguous()
+            digest.update(f'{section}.{name}:{value.dtype}:{tuple(value.shape)}'.encode())
+            digest.update(value.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------------- records
 def record_path(path: str) -> str:
     return path + RECORD_SUFFIX
@@ -144,7 +164,8 @@ def read_record(path: str) -> CheckpointRecord | None:
         if data.get('format') != RECORD_FORMAT:
             return None
         return CheckpointRecord(path=path, sha256=data['sha256'], size=int(data['size']),
-                                iter=data.get('iter'), identity=data.get('identity') or {})
+                                iter=data.get('iter'), identity=data.get('identity') or {},
+                                weights_sha256=data.get('weights_sha256'))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -10,7 +10,11 @@
    checkpoint's recorded checksum and rebuilds the mmengine objects: no local file is ever
    unpickled with code. Remote schemes (``http://``, ``pavi://``, ...) keep mmengine's loaders
    and so torch's safe default.
-2. CPU distributed: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` unconditionally.
+2. Speed: mmengine formats the whole config with yapf for the log, for each visualisation
+   backend, for the dump and again inside *every* checkpoint (``meta.cfg``) -- seconds each for
+   a pipeline stage's config, most of a short run's time. The formatter is memoised on its
+   input text (the output is a pure function of it).
+3. CPU distributed: mmengine's ``init_dist`` calls ``torch.cuda.set_device`` unconditionally.
    ``Runner.setup_env`` only calls it when ``torch.distributed`` is not yet initialised
    (``if self.distributed and not is_distributed()``), so starting the group here first -- gloo
    without CUDA, nccl with it -- lets a Runner with ``launcher='pytorch'`` run on CPU.
@@ -79,12 +83,36 @@ def patch_checkpoint_loader() -> None:
         CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
 
 
+def patch_config_formatter() -> None:
+    """Memoise the yapf call of ``Config.pretty_text`` (same text in, same text out)."""
+    import functools
+
+    import mmengine.config.config as config_module
+
+    if getattr(config_module.FormatCode, '_rtdmd_memoised', False):
+        return
+    format_code = config_module.FormatCode
+
+    @functools.lru_cache(maxsize=64)
+    def _format(text: str, style: tuple | None, verify: bool | None) -> tuple:
+        kwargs = {} if verify is None else dict(verify=verify)
+        return format_code(text, style_config=None if style is None else dict(style), **kwargs)
+
+    def memoised(text: str, style_config: dict | None = None, verify: bool | None = None):
+        style = None if style_config is None else tuple(sorted(style_config.items()))
+        return _format(text, style, verify)
+
+    memoised._rtdmd_memoised = True
+    config_module.FormatCode = memoised
+
+
 def apply_mmengine_patches() -> None:
     """Apply every mmengine fix this project needs; safe to call more than once.
 
     The process-group fix is not a patch: call :func:`init_distributed` before the Runner.
     """
     patch_checkpoint_loader()
+    patch_config_formatter()
 
 
 def init_distributed(

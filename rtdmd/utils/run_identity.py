@@ -57,10 +57,12 @@ def flatten_config(cfg: Config | dict) -> dict[str, Any]:
 
 
 def checkpoint_content_id(path: str) -> str:
-    """``'sha256:<hex>'`` of a checkpoint (its record when it has one, else its bytes)."""
+    """What a checkpoint holds: the hash of its weights (from its record), else of its bytes."""
     from .checkpoint_io import file_sha256, read_record
 
     record = read_record(path)
+    if record is not None and record.weights_sha256:
+        return f'weights:{record.weights_sha256}'
     if record is not None:
         return f'sha256:{record.sha256}'
     if osp.isfile(path):

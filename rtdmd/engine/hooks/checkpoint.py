@@ -34,7 +34,13 @@ from rtdmd.utils.atomic import (
     remove_stale_temporaries,
     temporary_name,
 )
-from rtdmd.utils.checkpoint_io import RECORD_FORMAT, encode_checkpoint, file_sha256, record_path
+from rtdmd.utils.checkpoint_io import (
+    RECORD_FORMAT,
+    encode_checkpoint,
+    file_sha256,
+    record_path,
+    weights_sha256,
+)
 from rtdmd.utils.errors import TrainingStopped
 from rtdmd.utils.run_identity import config_identity
 
@@ -66,6 +72,7 @@ class SafeCheckpointHook(CheckpointHook):
                          max_keep_ckpts=max_keep_ckpts, save_last=save_last,
                          save_begin=save_begin, filename_tmpl=filename_tmpl)
         self.identity: dict = {}
+        self._weights_sha256: str | None = None
 
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
@@ -85,6 +92,7 @@ class SafeCheckpointHook(CheckpointHook):
                 f'overwritten')
         ident = {k: v for k, v in self.identity.items() if k != 'options'}
         checkpoint.setdefault('meta', {})['rtdmd'] = ident
+        self._weights_sha256 = weights_sha256(checkpoint)
         for key in list(checkpoint):
             checkpoint[key] = encode_checkpoint(checkpoint[key])
 
@@ -130,7 +138,7 @@ class SafeCheckpointHook(CheckpointHook):
                           f'written')
         record = dict(format=RECORD_FORMAT, sha256=file_sha256(tmp), size=osp.getsize(tmp),
                       iter=runner.iter if self.by_epoch else step, step=step,
-                      identity=self.identity)
+                      weights_sha256=self._weights_sha256, identity=self.identity)
         atomic_write_json(record_path(final), record)
         os.replace(tmp, final)
         fsync_dir(self.out_dir)
