@@ -74,6 +74,9 @@ def fit_velocity_mlp(mlp: VelocityMLP, teacher: GaussianMixtureTeacher, iters: i
         mse.backward()
         opt.step()
         sched.step()
+    # The last backward's gradients must not survive into training: the first optimizer step
+    # would add them to its own (a freshly fitted run would differ from one loading the cache).
+    opt.zero_grad(set_to_none=True)
     return float(mse.detach())
 
 
