@@ -28,8 +28,8 @@ from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import nn
 
-from rtdmd.models.lora import FROZEN_STAGE, merge_lora
 from rtdmd.evaluation.generators import EXPORT_RECORD
+from rtdmd.models.lora import FROZEN_STAGE, merge_lora
 from rtdmd.registry import MODELS
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from rtdmd.version import __version__

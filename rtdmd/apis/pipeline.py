@@ -18,10 +18,11 @@ import os.path as osp
 from typing import Any
 
 from mmengine.config import Config
+from mmengine.dist import get_rank
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from rtdmd.utils.atomic import atomic_write_json
+from rtdmd.utils.atomic import atomic_write_json, remove_stale_temporaries
 from rtdmd.utils.errors import RunDirError
 from rtdmd.utils.run_dir import move_aside, prepare_run
 from rtdmd.utils.setup_env import register_all_modules
@@ -109,6 +110,11 @@ def check_training_rewards(cfg: Config, cli_options: dict | None = None) -> None
 def run_stage(plan: StagePlan) -> StagePlan:
     """Train one planned stage; returns its plan as ``'done'`` with the final checkpoint."""
     sub = plan.cfg
+    if get_rank() == 0:
+        for path in remove_stale_temporaries(sub.work_dir):
+            print_log(f'removed {path}, left by an interrupted write', logger='current')
+    for message in plan.skipped:
+        print_log(f'stage {plan.name}: {message}', logger='current', level=30)
     if plan.state == 'done':
         print_log(f'stage {plan.name}: finished earlier with the same config, skipped '
                   f'({plan.checkpoint})', logger='current')

@@ -11,12 +11,11 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from rtdmd.evaluation.analytic_report import evaluate_models, format_table
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import MODELS, REWARDS
 from rtdmd.utils.config import ConfigError
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
-
-from rtdmd.evaluation.analytic_report import evaluate_models, format_table
 
 from .stages import latest_checkpoint
 

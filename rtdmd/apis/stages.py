@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import datetime
 import os.path as osp
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmengine.config import Config
 
@@ -185,6 +185,7 @@ class StagePlan:
     state: str
     checkpoint: str | None = None
     reason: str = ''
+    skipped: list[str] = field(default_factory=list)  # damaged checkpoints passed over
 
 
 def plan_stage(cfg: Config, stage: dict, cli_options: dict | None,
@@ -201,24 +202,25 @@ def plan_stage(cfg: Config, stage: dict, cli_options: dict | None,
         return StagePlan(name, sub, 'fresh')
     init = plans[upstream].checkpoint if upstream else None
     sub = stage_config(cfg, stage, cli_options, init_checkpoint=init)
-    path, _ = find_resume_checkpoint(sub.work_dir)
+    path, skipped = find_resume_checkpoint(sub.work_dir)
     if path is None:
-        return StagePlan(name, sub, 'fresh')
+        return StagePlan(name, sub, 'fresh', skipped=skipped)
     max_iters = sub.train_cfg.max_iters
     record = read_record(path)
     if record is None:  # written before checkpoints had records: trust the file name
         done = path.endswith(f'iter_{max_iters}.pth')
-        return StagePlan(name, sub, 'done' if done else 'resume', path)
+        return StagePlan(name, sub, 'done' if done else 'resume', path, skipped=skipped)
     ours = config_identity(sub, name)
     if record.identity.get('config_hash', ours['config_hash']) != ours['config_hash']:
         keys = changed_keys(record.identity, ours)
-        what = 'its start weights changed' if keys == [] or all(
+        what = 'its start weights changed' if all(
             k.startswith('model.init_checkpoint') for k in keys) else 'options changed'
-        return StagePlan(name, sub, 'changed', path, f'{what}: {"; ".join(keys)}')
+        return StagePlan(name, sub, 'changed', path, f'{what}: {"; ".join(keys)}', skipped)
     if record.iter is not None and record.iter > max_iters:
         return StagePlan(name, sub, 'changed', path, f'trained to iter {record.iter}, past '
-                         f'train_cfg.max_iters={max_iters}')
-    return StagePlan(name, sub, 'done' if record.iter == max_iters else 'resume', path)
+                         f'train_cfg.max_iters={max_iters}', skipped)
+    state = 'done' if record.iter == max_iters else 'resume'
+    return StagePlan(name, sub, state, path, skipped=skipped)
 
 
 def plan_stages(cfg: Config, cli_options: dict | None = None) -> list[StagePlan]:

@@ -26,7 +26,6 @@ Layout of the results (``out_root`` = ``<work_dir>/benchmarks``)::
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from rtdmd.evaluation.benchmark import METRICS_FILE, compare_methods, run_benchmark
+from rtdmd.utils.atomic import atomic_write_json, atomic_write_text
 
 BENCHMARK_KEYS = frozenset({'rewards', 'suites', 'default_suites', 'seeds', 'batch_size',
                             'max_prompts', 'teacher'})
@@ -246,8 +246,8 @@ def write_results(out_root: str | Path, extra: Mapping[str, str | Path] | None =
     table = {m: {short[k]: v for k, v in metrics.items() if not k.startswith('_')}
              for m, metrics in methods.items()}
     md, table_csv = compare_methods(table)
-    (out_root / RESULTS_MD).write_text(md)
-    (out_root / RESULTS_CSV).write_text(table_csv)
+    atomic_write_text(str(out_root / RESULTS_MD), md)
+    atomic_write_text(str(out_root / RESULTS_CSV), table_csv)
     return md, table_csv
 
 
@@ -262,10 +262,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(obj, indent=2) + '\n')
-    os.replace(tmp, path)
+    atomic_write_json(str(path), obj)  # fsync-ed before the rename, unlike a plain write
 
 
 __all__ = ['BenchmarkConfigError', 'SuiteScorers', 'check_benchmark_config', 'check_suite_weights',

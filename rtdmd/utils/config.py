@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections.abc
 import difflib
 import inspect
+import math
 import os.path as osp
 import types
 import typing
@@ -449,6 +450,10 @@ def _value_type_errors(node: dict, obj: Any, path: str) -> list[str]:
     errors = []
     expected = _expected_kinds(obj)
     for key, value in dict.items(node):
+        if isinstance(value, float) and math.isnan(value):
+            errors.append(f'{path}.{key}: nan is not a usable value (a NaN would make every '
+                          f'step non-finite)')
+            continue
         kinds = expected.get(key)
         kind = _value_kind(value)
         if not kinds or kind is None or key in _BUILD_KEYS:
