@@ -68,8 +68,8 @@ class NonFiniteGuardHook(Hook):
             last = runner.message_hub.get_info('last_ckpt', None)
             raise TrainingStopped(
                 f'stopped at iter {runner.iter + 1}: {self.streak} iterations in a row had a '
-                f'non-finite loss, gradient or learning rate ({"; ".join(skipped)}). No weights '
-                f'were changed by those steps. Last good checkpoint: '
+                f'non-finite loss, gradient or learning rate ({"; ".join(skipped)}). The skipped '
+                f'steps changed no weights. Last good checkpoint: '
                 f'{last or "none (no checkpoint was written yet)"}. Lower the learning rate or '
                 f'check the rewards and inputs, then --resume')
 
