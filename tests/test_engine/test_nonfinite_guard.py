@@ -155,3 +155,41 @@ def test_a_resumed_ema_is_not_overwritten_in_before_train(tiny_backbone_cfg: dic
     hook.before_train(runner)
     for name, value in saved.items():
         assert torch.equal(hook.ema[name], value)
+
+
+def _dist_skip_worker(rank: int, world_size: int, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from rtdmd.utils.mmengine_compat import init_distributed
+
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    try:
+        init_distributed('pytorch', timeout_s=120)
+        net = _net()
+        wrapper = _wrapper(net)
+        before = copy.deepcopy(net.state_dict())
+        # Only rank 1 sees an inf loss (its gradients stay finite: no all-reduce here).
+        wrapper.update_params(_loss(net) if rank == 0 else _loss(net, float('inf')))
+        assert wrapper.skipped_steps == 1, rank
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+        expected = 'another rank' if rank == 0 else 'loss is inf'
+        assert expected in wrapper.last_skip_reason, wrapper.last_skip_reason
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_skips_when_one_rank_is_non_finite(monkeypatch) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    mp.spawn(_dist_skip_worker, args=(2, port), nprocs=2, join=True)
