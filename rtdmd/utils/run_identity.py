@@ -29,7 +29,7 @@ IGNORED_KEYS: tuple[str, ...] = (
     'log_processor', 'env_cfg', 'default_hooks.logger', 'default_hooks.checkpoint',
     'default_hooks.timer', 'default_hooks.nonfinite', 'train_cfg.max_iters',
     'train_cfg.val_interval', 'val_dataloader', 'val_evaluator', 'val_cfg', 'test_dataloader',
-    'test_evaluator', 'test_cfg', 'evaluation', 'stages', 'benchmark', 'filename',
+    'test_evaluator', 'test_cfg', 'evaluation', 'stages', 'benchmark', 'filename', 'stage_name',
 )
 
 
