@@ -51,13 +51,12 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
         self.skipped_steps = 0
         self.last_skip_iter = -1
         self.last_skip_reason = ''
-        self._bad_loss: float | None = None
+        self._losses: list[torch.Tensor] = []
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        # Always run backward: under DDP every rank must join the gradient all-reduce.
-        value = float(loss.detach().float())
-        if not math.isfinite(value) and self._bad_loss is None:
-            self._bad_loss = value
+        # Kept on the device and checked once in step(): no synchronisation per micro-batch.
+        # Backward always runs: under DDP every rank must join the gradient all-reduce.
+        self._losses.append(loss.detach().float().reshape(()))
         super().backward(loss, **kwargs)
 
     def step(self, **kwargs: Any) -> None:
@@ -74,14 +73,17 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
 
     def zero_grad(self, **kwargs: Any) -> None:
         super().zero_grad(**kwargs)
-        self._bad_loss = None
+        self._losses = []
 
     def _non_finite_reason(self) -> str | None:
         """What is not finite this step (None when all is well), agreed over ranks."""
         reasons = []
-        if self._bad_loss is not None:
-            reasons.append(f'loss is {self._bad_loss}')
-        self._bad_loss = None
+        if self._losses:
+            losses = torch.stack(self._losses)
+            bad = losses[~torch.isfinite(losses)]
+            if bad.numel():
+                reasons.append(f'loss is {float(bad[0])}')
+        self._losses = []
         lrs = [g['lr'] for g in self.optimizer.param_groups]
         bad_lr = [lr for lr in lrs if not math.isfinite(float(lr))]
         if bad_lr:
