@@ -72,7 +72,7 @@ def trial(main, leaf: str, work: str, options: list[str], rng: random.Random, du
     from rtdmd.testing.faults import compare_checkpoints, run_forked
     from rtdmd.utils.checkpoint_io import verify_checkpoint
 
-    kills, kinds, flags, survived = 0, [], [], True
+    kills, kinds, phases, flags, survived = 0, [], [], [], True
     for _ in range(rng.randint(1, 3)):
         argv = [leaf, '--work-dir', work, *flags, '--cfg-options', *options]
         if rng.random() < 0.25:
@@ -85,6 +85,7 @@ def trial(main, leaf: str, work: str, options: list[str], rng: random.Random, du
         if result.killed:
             kills += 1
             kinds.append(kind)
+            phases.append(phase(result.log))
         elif result.exitcode != 0:
             survived = False
             break
@@ -99,7 +100,14 @@ def trial(main, leaf: str, work: str, options: list[str], rng: random.Random, du
             identical &= compare_checkpoints(osp.join(ref, stage, 'iter_6.pth'), final) == []
         except Exception:  # noqa: BLE001  (any failure to read the result means it is lost)
             identical = False
-    return dict(kills=kills, kinds=kinds, survived=survived, identical=identical)
+    return dict(kills=kills, kinds=kinds, phases=phases, survived=survived, identical=identical)
+
+
+def phase(log: str) -> str:
+    """Where a killed run was: the stage it was in (from its log), or 'startup'."""
+    started = [s for s in STAGES if f'stage {s}: training in' in log]
+    return started[-1] if started else 'startup'
+
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         work = osp.join(args.work_dir, f'trial_{len(trials):03d}')
         trials.append(trial(train_main, leaf, work, options, rng, duration, ref))
         t = trials[-1]
-        print(f'trial {len(trials)}: {t["kills"]} kill(s) {t["kinds"]}: '
+        print(f'trial {len(trials)}: {t["kills"]} kill(s) {t["kinds"]} in {t["phases"]}: '
               f'{"identical" if t["identical"] else "survived" if t["survived"] else "LOST"}',
               flush=True)
         if t['identical']:
@@ -142,16 +150,20 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0 if report['lost'] == 0 else 1)
 
 
-def summarise(trials: list[dict]) -> dict:
-    kinds: dict[str, int] = {}
+def _count(trials: list[dict], key: str) -> str:
+    counts: dict[str, int] = {}
     for t in trials:
-        for kind in t['kinds']:
-            kinds[kind] = kinds.get(kind, 0) + 1
+        for value in t[key]:
+            counts[value] = counts.get(value, 0) + 1
+    return ','.join(f'{k}:{v}' for k, v in sorted(counts.items()))
+
+
+def summarise(trials: list[dict]) -> dict:
     return dict(trial_count=len(trials), kills=sum(t['kills'] for t in trials),
                 survived=sum(t['survived'] for t in trials),
                 identical=sum(t['identical'] for t in trials),
                 lost=sum(not t['identical'] for t in trials),
-                kills_by_kind=','.join(f'{k}:{v}' for k, v in sorted(kinds.items())))
+                kills_by_kind=_count(trials, 'kinds'), kills_by_stage=_count(trials, 'phases'))
 
 
 if __name__ == '__main__':

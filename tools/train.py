@@ -95,6 +95,10 @@ def check_work_dir(cfg, args: argparse.Namespace) -> None:
     """A work dir that holds a run needs --resume or --start-over (moved aside here)."""
     from rtdmd.utils.run_dir import existing_runs, move_aside
 
+    if cfg.get('stages') and args.resume not in (None, 'auto'):
+        raise FileExistsError(f'--resume {args.resume}: a pipeline resumes each stage from the '
+                              f'newest intact checkpoint of its own work dir; pass --resume '
+                              f'without a path')
     runs = existing_runs(cfg.work_dir)
     if not runs or args.resume is not None:
         return

@@ -262,6 +262,14 @@ def test_reruns_refuse_what_would_mix_or_discard_runs(harness: dict, tmp_path: P
         check_resume_checkpoint(str(work / 'ac_dmd' / 'iter_4.pth'),
                                 config_identity(plans['rtdmd'].cfg, 'rtdmd'), 4)
     assert 'stage ac_dmd, ACDMDDistiller' in str(info.value)
+    # model.init_checkpoint of another backbone: refused, naming the backbone keys that differ.
+    from rtdmd.utils.run_dir import check_init_checkpoint
+
+    other = plans['rtdmd'].cfg
+    other.model.backbone.hidden_dim = 16
+    with pytest.raises(Exception, match=r'trained on another backbone: '
+                                        r'model.backbone.hidden_dim: 32 -> 16'):
+        check_init_checkpoint(other)
     # --start-over moves the old run aside (nothing deleted) and trains anew.
     fresh = train(harness, work, '--start-over')
     assert fresh.exitcode == 0, fresh.log[-3000:]
