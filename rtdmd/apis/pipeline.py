@@ -23,6 +23,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from rtdmd.utils.atomic import atomic_write_json, remove_stale_temporaries
+from rtdmd.utils.config import ConfigError
 from rtdmd.utils.errors import RunDirError
 from rtdmd.utils.run_dir import move_aside, prepare_run
 from rtdmd.utils.setup_env import register_all_modules
@@ -79,12 +80,36 @@ def check_stage_plans(plans: list[StagePlan], retrain_changed: bool) -> None:
             f'another --work-dir, or --start-over')
 
 
+#: Training datasets cheap enough to build up front (they read a text file or nothing), so an
+#: empty, undecodable or malformed prompt file of stage 2 stops the run before stage 1 trains.
+PREFLIGHT_DATASETS = frozenset({'TextPromptDataset', 'ClassPromptDataset'})
+
+
 def check_pipeline(cfg: Config, cli_options: dict | None = None) -> None:
-    """Validate a run before anything trains: every stage's config with its options, and the
-    ``evaluation`` section (known keys, known models)."""
+    """Validate a run before anything trains: every stage's config with its options, the
+    ``evaluation`` section (known keys, known models) and every stage's prompt dataset."""
     check_stage_options(cfg, cli_options)
     if cfg.get('stages') and cfg.get('evaluation'):
         check_evaluation(cfg.evaluation, [s['name'] for s in cfg.stages])
+    configs = ([(s['name'], stage_config(cfg, {k: v for k, v in s.items() if k != 'init_from'},
+                                         cli_options)) for s in cfg.stages]
+               if cfg.get('stages') else [(None, cfg)])
+    errors = []
+    for name, sub in configs:
+        dataset = (sub.get('train_dataloader') or {}).get('dataset')
+        if not isinstance(dataset, dict) or dataset.get('type') not in PREFLIGHT_DATASETS:
+            continue
+        from rtdmd.registry import DATASETS
+
+        register_all_modules()
+        try:
+            if len(DATASETS.build(dataset)) == 0:
+                raise ValueError('it holds no item')
+        except (ValueError, TypeError) as err:  # PromptFileError is a ValueError
+            where = f'stage {name}: ' if name else ''
+            errors.append(f'{where}train_dataloader.dataset: {err}')
+    if errors:
+        raise ConfigError(errors)
 
 
 def check_training_rewards(cfg: Config, cli_options: dict | None = None) -> None:

@@ -123,3 +123,23 @@ def test_a_leaf_outside_configs_inherits_the_main_job(tmp_path: Path) -> None:
     assert ac_dmd.filename == STAGE1  # '../ac_dmd/toy2d_4step.py' of configs/rtdmd/
     rtdmd = stage_config(cfg, {'name': 'rtdmd'})  # a stage of the leaf's own file
     assert rtdmd.filename == str(leaf) and rtdmd.reward.direction == [1.0, 0.0]
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'a cat\nun caf\xe9\n', 'prompts.txt:2: not valid UTF-8'),
+    (b'\n  \n', 'holds no prompt (empty file)'),
+])
+def test_a_bad_prompt_file_of_a_later_stage_stops_the_run_before_any_work(
+        tmp_path: Path, content: bytes, message: str) -> None:
+    from mmengine.config import Config
+
+    from rtdmd.apis.pipeline import check_pipeline
+
+    prompts = tmp_path / 'prompts.txt'
+    prompts.write_bytes(content)
+    cfg = Config.fromfile(PIPELINE)
+    cfg.work_dir = str(tmp_path / 'work')
+    option = {'rtdmd:train_dataloader.dataset': dict(type='TextPromptDataset', path=str(prompts))}
+    with pytest.raises(ConfigError, match='stage rtdmd: train_dataloader.dataset: .*'
+                       + re.escape(message)):
+        check_pipeline(cfg, option)
