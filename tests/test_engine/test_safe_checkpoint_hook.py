@@ -46,7 +46,8 @@ def _runner(work_dir: Path, max_iters: int, keep: int, poison_at: int | None = N
             return dict(loss=F.mse_loss(out, labels)) if mode == 'loss' else out
 
     return Runner(
-        model=Model(), work_dir=str(work_dir), experiment_name=f'safe_{os.getpid()}_{keep}_{max_iters}_{poison_at}',
+        model=Model(), work_dir=str(work_dir),
+        experiment_name=f'safe_{os.getpid()}_{keep}_{max_iters}_{poison_at}',
         train_dataloader=dict(dataset=_Data(), batch_size=2, num_workers=0,
                               sampler=dict(type='DefaultSampler', shuffle=True),
                               collate_fn=dict(type='default_collate')),
