@@ -92,6 +92,63 @@ def combine_advantages(rewards: Mapping[str, Tensor], weights: Mapping[str, floa
     return total.clamp(-clip, clip).to(_out_dtype(next(iter(rewards.values()))))
 
 
+def _masked_std(x: Tensor, valid: Tensor) -> Tensor:
+    """Population std of ``x[valid]`` (0 when fewer than one valid value), without indexing."""
+    n = valid.sum().clamp_min(1).to(x.dtype)
+    mean = torch.where(valid, x, 0.0).sum() / n
+    return torch.sqrt(torch.where(valid, (x - mean) ** 2, 0.0).sum() / n)
+
+
+def finite_combine_advantages(rewards: Mapping[str, Tensor], weights: Mapping[str, float],
+                              group_ids: Tensor, clip: float = 5.0, eps: float = 1e-4
+                              ) -> tuple[Tensor, Tensor]:
+    """:func:`combine_advantages` over the samples whose rewards are all finite.
+
+    A sample with a NaN or infinite reward (under any reward) is dropped: it enters no group
+    mean, no std and no re-standardisation, and gets advantage 0, so it adds no policy gradient.
+    With every reward finite the result equals :func:`combine_advantages`. The caller logs
+    ``(~valid).sum()`` (or stops the run) so a dropped sample is never silent.
+
+    Args:
+        rewards, weights, group_ids, clip, eps: as :func:`combine_advantages`.
+
+    Returns:
+        ``(advantages, valid)``: ``(N,)`` advantages (0 where not valid) and the ``(N,)`` bool
+        mask of samples whose rewards were all finite.
+
+    Raises:
+        ValueError: as :func:`combine_advantages`.
+    """
+    missing_reward = sorted(set(weights) - set(rewards))
+    missing_weight = sorted(set(rewards) - set(weights))
+    if missing_reward or missing_weight:
+        raise ValueError(f'reward/weight keys differ: weights without a reward {missing_reward}, '
+                         f'rewards without a weight {missing_weight}')
+    if not rewards:
+        raise ValueError('combine_advantages needs at least one reward')
+    first = next(iter(rewards.values()))
+    if group_ids.shape != first.shape or first.ndim != 1:
+        raise ValueError(f'rewards and group_ids must both be (N,), got {tuple(first.shape)} '
+                         f'and {tuple(group_ids.shape)}')
+    valid = torch.stack([torch.isfinite(r) for r in rewards.values()]).all(dim=0)
+    labels, inverse = torch.unique(group_ids, return_inverse=True)
+    groups = labels.shape[0]
+    total = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
+    for name, reward in rewards.items():
+        r = torch.where(valid, reward.to(torch.float64), 0.0)
+        sums = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(0, inverse, r)
+        counts = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(
+            0, inverse, valid.to(r.dtype))
+        group_mean = (sums / counts.clamp_min(1))[inverse]
+        term = (r - group_mean) / (_masked_std(r, valid) + eps)
+        total = total + float(weights[name]) * torch.where(valid, term, 0.0)
+    n = valid.sum().clamp_min(1).to(total.dtype)
+    mean = total.sum() / n
+    total = (total - mean) / (_masked_std(total, valid) + eps)
+    adv = torch.where(valid, total.clamp(-clip, clip), 0.0)
+    return adv.to(_out_dtype(first)), valid
+
+
 def clipped_ratio_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor,
                        clip_low: float = 1e-5, clip_high: float = 1e-5) -> Tensor:
     """PPO clipped surrogate on one denoising step, ALGORITHM.md 4.6.
@@ -203,6 +260,6 @@ def shared_step_noise(prompts: Sequence[str], step_index: int, epoch: int,
 
 
 __all__ = [
-    'group_advantages', 'combine_advantages', 'clipped_ratio_loss', 'select_step_subset',
-    'prompt_noise_seed', 'shared_step_noise',
+    'group_advantages', 'combine_advantages', 'finite_combine_advantages', 'clipped_ratio_loss',
+    'select_step_subset', 'prompt_noise_seed', 'shared_step_noise',
 ]

@@ -123,9 +123,12 @@ class GaussianMixtureBackbone(Backbone):
         if path.exists():
             mlp.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
             return
-        torch.manual_seed(fit['seed'])
-        mlp.load_state_dict(VelocityMLP(**arch).state_dict())
-        mse = fit_velocity_mlp(mlp, self.teacher, **fit)
+        # The fit draws from the global RNG: isolate it, so a run that fits (cache miss) leaves
+        # the same global state as one that loads (cache hit) and a resumed run is identical.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(fit['seed'])
+            mlp.load_state_dict(VelocityMLP(**arch).state_dict())
+            mse = fit_velocity_mlp(mlp, self.teacher, **fit)
         print_log(f'fitted the toy students to the exact teacher velocity: mse {mse:.4f}',
                   logger='current')
         path.parent.mkdir(parents=True, exist_ok=True)
