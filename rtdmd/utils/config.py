@@ -20,9 +20,9 @@ over the whole tree and reports every problem at once:
    the kind of its default: a number, a bool) -- ``lr='abc'`` or ``max_iters='ten'`` name the key
    and the expected type;
 5. untyped dict arguments whose keys a constructor checks only once built (``model.subgrpo``,
-   ``model.renoise``, ...) hold known keys: a class declares them in a ``dict_arg_keys``
-   attribute (``{argument: keys}``, or ``{argument: {'*': keys}}`` for a dict of such dicts);
-   :data:`DICT_ARG_KEYS` covers classes that do not declare it yet.
+   ``model.matching.renoise``, ...) hold known keys: a class declares them in a
+   ``dict_arg_keys`` attribute (``{argument: keys}``, or ``{argument: {'*': keys}}`` for a dict
+   of such dicts), from the same constants its constructor checks.
 
 Changing a component's ``type`` on the command line (``reward.type=QuadraticReward``) drops the
 keys of the base config's dict that the new type does not take (``direction`` of the old
@@ -43,10 +43,10 @@ from typing import Any
 from mmengine.config import Config
 from mmengine.registry import Registry
 
-from .config_checks import DICT_ARG_KEYS, dict_arg_errors, value_type_errors
+from .config_checks import dict_arg_errors, value_type_errors
 from .config_refs import resolve_references
 
-__all__ = ['DICT_ARG_KEYS', 'EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config',
+__all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config',
            'validate_config']
 
 #: Project-level top-level keys that are not Runner arguments. tools/*.py and the rtdmd loops

@@ -15,20 +15,9 @@ import types
 import typing
 from typing import Any
 
-__all__ = ['DICT_ARG_KEYS', 'dict_arg_errors', 'value_type_errors']
+__all__ = ['dict_arg_errors', 'value_type_errors']
 
 _BUILD_KEYS = frozenset({'type', '_scope_'})
-
-#: Keys of untyped dict arguments, by class name, for classes without a ``dict_arg_keys``
-#: attribute (``{argument: keys}`` or ``{argument: {'*': keys}}`` for a dict of such dicts).
-#: tests/test_configs/test_validation_types.py checks each entry against the class itself.
-DICT_ARG_KEYS: dict[str, dict[str, Any]] = {
-    'ACDMDDistiller': {'renoise': ('offset', 'end', 'min_step', 'max_step')},
-    'RTDMDDistiller': {'renoise': ('offset', 'end', 'min_step', 'max_step'),
-                       'subgrpo': ('range_start', 'range_end', 'num_train_steps'),
-                       'rewards': {'*': ('scorer', 'weight')}},
-    'GaussianMixtureBackbone': {'init_fit': ('iters', 'batch_size', 'lr', 'seed')},
-}
 
 _KIND_OF = {bool: 'bool', int: 'int', float: 'float', str: 'str', type(None): 'None',
             list: 'list', tuple: 'list', dict: 'dict'}
@@ -121,9 +110,9 @@ def value_type_errors(node: dict, obj: Any, path: str) -> list[str]:
 
 
 def dict_arg_errors(node: dict, obj: Any, path: str) -> list[str]:
-    """Keys of untyped dict arguments against ``dict_arg_keys`` / :data:`DICT_ARG_KEYS`."""
-    declared = getattr(obj, 'dict_arg_keys', None) or DICT_ARG_KEYS.get(
-        getattr(obj, '__name__', ''), {})
+    """Keys of untyped dict arguments against the class's ``dict_arg_keys``
+    (``{argument: keys}``, or ``{argument: {'*': keys}}`` for a dict of such dicts)."""
+    declared = getattr(obj, 'dict_arg_keys', None) or {}
     errors = []
     for arg, keys in declared.items():
         value = dict.get(node, arg)

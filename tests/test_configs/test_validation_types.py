@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rtdmd.apis.stages import check_stage_options, declaring_file, stage_config
-from rtdmd.utils.config import DICT_ARG_KEYS, ConfigError, load_config
+from rtdmd.utils.config import ConfigError, load_config
 from tests.conftest import REPO
 
 STAGE1 = str(REPO / 'configs/ac_dmd/toy2d_4step.py')
@@ -22,13 +22,15 @@ PIPELINE = str(REPO / 'configs/rtdmd/toy2d_4step.py')
      "optim_wrapper.generator.optimizer.lr: expected float or int, got str 'abc'"),
     ({'train_cfg.max_iters': 'ten'}, "train_cfg.max_iters: expected int, got str 'ten'"),
     ({'model.fake_update_ratio': 2.5}, 'model.fake_update_ratio: expected int, got float 2.5'),
-    ({'model.sub_interval': 'yes'}, "model.sub_interval: expected bool, got str 'yes'"),
+    ({'model.matching.sub_interval': 'yes'},
+     "model.matching.sub_interval: expected bool, got str 'yes'"),
     ({'default_hooks.checkpoint.intervall': 3},
      "default_hooks.checkpoint.intervall: 'intervall' is not an argument of SafeCheckpointHook"),
     ({'default_hooks.rng_state.every': 3},
      "default_hooks.rng_state.every: 'every' is not an argument of RNGStateHook"),
     ({'backbone.init_fit.iter': 3}, "backbone.init_fit.iter: 'iter' is not a key of init_fit"),
-    ({'model.renoise.ofset': 3}, "model.renoise.ofset: 'ofset' is not a key of renoise"),
+    ({'model.matching.renoise.ofset': 3},
+     "model.matching.renoise.ofset: 'ofset' is not a key of renoise"),
 ])
 def test_stage1_problems_name_the_key(option: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -66,28 +68,34 @@ def _valid_keys(error: BaseException) -> list[str]:
 
 
 def test_dict_arg_keys_match_what_the_classes_accept(tiny_backbone_cfg: dict) -> None:
-    """The table mirrors the constructors' own checks; this fails when one of them drifts."""
-    from rtdmd.models.distillers.matching import SubIntervalMatching
-    from rtdmd.registry import MODELS
+    """Each declared key set is what the constructor itself accepts: a bogus key is refused at
+    build time with exactly the declared keys as the valid ones."""
+    from rtdmd.models.backbones.diffusers_base import DiffusersBackbone
+    from rtdmd.models.backbones.toy import GaussianMixtureBackbone
+    from rtdmd.models.distillers.matching import RandomStopMatching
+    from rtdmd.models.distillers.rtdmd import RTDMDDistiller
+    from rtdmd.registry import LOSSES, MODELS
 
     with pytest.raises(TypeError) as info:
-        SubIntervalMatching(None, dict(type='AmbientDSMLoss'), None, 1.0, {'bogus': 1}, 200, 0.9)
-    assert sorted(_valid_keys(info.value)) == sorted(DICT_ARG_KEYS['ACDMDDistiller']['renoise'])
-    assert DICT_ARG_KEYS['RTDMDDistiller']['renoise'] == DICT_ARG_KEYS['ACDMDDistiller']['renoise']
+        LOSSES.build(dict(type='RandomStopMatching', fake_loss=dict(type='AmbientDSMLoss'),
+                          renoise={'bogus': 1}))
+    assert sorted(_valid_keys(info.value)) == sorted(RandomStopMatching.dict_arg_keys['renoise'])
     with pytest.raises(TypeError) as info:
         MODELS.build(dict(tiny_backbone_cfg, init_fit={'bogus': 1}))
     assert sorted(_valid_keys(info.value)) == sorted(
-        DICT_ARG_KEYS['GaussianMixtureBackbone']['init_fit'])
+        GaussianMixtureBackbone.dict_arg_keys['init_fit'])
     stage2 = dict(type='RTDMDDistiller', backbone=tiny_backbone_cfg,
                   sampler=dict(type='CPSSampler'),
                   rewards=dict(main=dict(scorer=dict(type='LinearReward', direction=[1, 0]))))
     with pytest.raises(TypeError) as info:
         MODELS.build(dict(stage2, subgrpo={'bogus': 1}))
-    assert sorted(_valid_keys(info.value)) == sorted(DICT_ARG_KEYS['RTDMDDistiller']['subgrpo'])
+    assert sorted(_valid_keys(info.value)) == sorted(RTDMDDistiller.dict_arg_keys['subgrpo'])
     with pytest.raises(ValueError, match=r'dict\(scorer=..., weight=...\)'):
         MODELS.build(dict(stage2, rewards=dict(main=dict(scorer=stage2['rewards']['main'][
             'scorer'], bogus=1))))
-    assert DICT_ARG_KEYS['RTDMDDistiller']['rewards'] == {'*': ('scorer', 'weight')}
+    assert RTDMDDistiller.dict_arg_keys['rewards'] == {'*': ('scorer', 'weight')}
+    assert set(DiffusersBackbone.dict_arg_keys['lora']) == {'rank', 'alpha', 'init',
+                                                            'target_modules'}
 
 
 def test_changing_a_type_drops_the_base_keys_it_does_not_take_and_keeps_the_users() -> None:

@@ -80,6 +80,9 @@ def fit_velocity_mlp(mlp: VelocityMLP, teacher: GaussianMixtureTeacher, iters: i
     return float(mse.detach())
 
 
+INIT_FIT_DEFAULTS = dict(iters=2000, batch_size=1024, lr=2e-3, seed=0)
+
+
 @MODELS.register_module()
 class GaussianMixtureBackbone(Backbone):
     """Backbone of the analytic world (exact teacher, MLP generator and fake score).
@@ -94,6 +97,8 @@ class GaussianMixtureBackbone(Backbone):
         shift: optional static SD3-style shift of the few-step schedule (1.0 = none).
     """
 
+    dict_arg_keys = {'init_fit': tuple(INIT_FIT_DEFAULTS)}
+
     def __init__(self, world: dict[str, Any], hidden_dim: int = 128,
                  depth: int = 3, init_fit: dict[str, Any] | None = None, shift: float = 1.0,
                  cache_dir: str | None = None) -> None:
@@ -101,7 +106,7 @@ class GaussianMixtureBackbone(Backbone):
         self.teacher = GaussianMixtureTeacher.from_world(world)
         self.freeze_frozen_modules()
         self.shift = shift
-        fit = dict(iters=2000, batch_size=1024, lr=2e-3, seed=0)
+        fit = dict(INIT_FIT_DEFAULTS)
         unknown = set(init_fit or {}) - set(fit)
         if unknown:
             raise TypeError(f'init_fit got unknown keys {sorted(unknown)}; valid: {sorted(fit)}')

@@ -47,6 +47,10 @@ class Groups(NamedTuple):
     keys: list[str]  # what seeds a group's shared noise
 
 
+SUBGRPO_KEYS = ('range_start', 'range_end', 'num_train_steps')
+REWARD_ENTRY_KEYS = ('scorer', 'weight')
+
+
 @MODELS.register_module()
 class RTDMDDistiller(DistillerBase):
     """Stage-2 distiller (see module docstring).
@@ -66,6 +70,8 @@ class RTDMDDistiller(DistillerBase):
             score from its fake score (see :class:`DistillerBase`).
     """
 
+    dict_arg_keys = {'subgrpo': SUBGRPO_KEYS, 'rewards': {'*': REWARD_ENTRY_KEYS}}
+
     def __init__(self, backbone: dict, sampler: dict, rewards: dict[str, dict],
                  group_size: int = 16, terms: dict[str, dict | None] | None = None,
                  matching: dict | None = None, subgrpo: dict | None = None,
@@ -76,8 +82,8 @@ class RTDMDDistiller(DistillerBase):
                          seed=seed, eval_seed=eval_seed, data_preprocessor=data_preprocessor)
         self.group_size = group_size
         self.advantage_clip = advantage_clip
-        self.subgrpo = dict(range_start=0, range_end=self.sampler.num_steps - 2,
-                            num_train_steps=self.sampler.num_steps - 2)
+        self.subgrpo = dict(zip(SUBGRPO_KEYS, (0, self.sampler.num_steps - 2,
+                                               self.sampler.num_steps - 2), strict=True))
         unknown = set(subgrpo or {}) - set(self.subgrpo)
         if unknown:
             raise TypeError(f'subgrpo got unknown keys {sorted(unknown)}; '
@@ -202,8 +208,8 @@ def _check_rewards(rewards: Mapping[str, Any], bp_terms: list[str]) -> dict:
                          'weight=...)}')
     classes = {}
     for name, spec in rewards.items():
-        if not isinstance(spec, Mapping) or 'scorer' not in spec or set(spec) - {'scorer',
-                                                                              'weight'}:
+        if not isinstance(spec, Mapping) or 'scorer' not in spec or set(spec) - set(
+                REWARD_ENTRY_KEYS):
             raise ValueError(f'rewards.{name} must be dict(scorer=..., weight=...), got '
                              f'{spec!r}')
         classes[name] = bind_reward_config(spec['scorer'])
