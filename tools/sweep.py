@@ -50,8 +50,8 @@ def commands(job: grid.Job, config: str) -> list[list[str]]:
     """train.py (resuming an interrupted single-stage run), then test.py for a single stage."""
     options = ['--cfg-options', *grid.format_options(job.options)] if job.options else []
     train = [sys.executable, tool('train.py'), config, '--work-dir', job.work_dir]
-    if job.pipeline:  # the pipeline skips finished stages and resumes interrupted ones itself
-        return [train + options]
+    if job.pipeline:  # --resume: the pipeline skips finished stages, resumes interrupted ones
+        return [train + ['--resume'] + options]
     last = osp.join(job.work_dir, 'last_checkpoint')
     trained = ''
     if osp.isfile(last):

@@ -1,6 +1,12 @@
 """Evaluate a model: its config's own test (``metrics.json``), or the benchmark harness.
 
-    python tools/test.py CONFIG [--checkpoint CKPT] [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG --checkpoint CKPT ...     (the same)
+    python tools/test.py CONFIG --untrained ...           (the untrained model, on purpose)
+
+A single-model config needs a checkpoint (or ``load_from`` in the config): evaluating the
+untrained model by accident would overwrite ``metrics.json`` with meaningless figures. A config
+with ``stages`` evaluates its trained stages and needs none.
 
 Benchmarks (image models; the suites and rewards are the config's ``benchmark`` section):
 
@@ -25,16 +31,16 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.apis.pipeline import check_pipeline  # noqa: E402
-from rtdmd.apis.stages import default_work_dir, split_stage_options  # noqa: E402
-from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed  # noqa: E402
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate an rtdmd model.')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('--checkpoint', help='checkpoint to evaluate (default: load_from)')
+    parser.add_argument('checkpoint_pos', nargs='?', metavar='CHECKPOINT',
+                        help='checkpoint to evaluate (same as --checkpoint)')
+    parser.add_argument('--checkpoint', help='checkpoint to evaluate (default: the config\'s '
+                        'load_from)')
+    parser.add_argument('--untrained', action='store_true',
+                        help='evaluate the untrained model on purpose (no checkpoint)')
     parser.add_argument('--work-dir', help='where metrics.json goes '
                         '(default: the training work dir for a pipeline of stages, '
                         'else its test/ folder)')
@@ -63,7 +69,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help='earlier method folders (or metrics.json) to add to the table')
     bench.add_argument('--out', help='results folder (default: <work_dir>/benchmarks)')
     bench.add_argument('--device', help='default: cuda when available, else cpu')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.checkpoint_pos and args.checkpoint and args.checkpoint_pos != args.checkpoint:
+        parser.error(f'two checkpoints given: {args.checkpoint_pos} and --checkpoint '
+                     f'{args.checkpoint}')
+    args.checkpoint = args.checkpoint or args.checkpoint_pos
+    if args.untrained and args.checkpoint:
+        parser.error('--untrained evaluates the model without a checkpoint; drop one of them')
+    if args.max_prompts is not None and args.max_prompts < 1:
+        parser.error(f'--max-prompts must be >= 1 (0 leaves nothing to evaluate), got '
+                     f'{args.max_prompts}')
+    return args
+
+
+def check_checkpoint_given(cfg, args: argparse.Namespace) -> None:
+    """A single model is evaluated from a checkpoint unless --untrained says otherwise."""
+    if cfg.get('stages') or args.untrained or args.checkpoint or cfg.get('load_from'):
+        return
+    if args.benchmarks is not None and 'student' not in (args.models or ['student']):
+        return  # teacher / exported pipeline only: no student weights needed
+    raise FileNotFoundError(
+        'no checkpoint to evaluate: pass it (tools/test.py CONFIG CHECKPOINT, or --checkpoint '
+        'CKPT); to evaluate the untrained model on purpose, pass --untrained')
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -93,11 +120,18 @@ def benchmark_request(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the heavy imports: --help and usage errors are instant
+    from rtdmd.apis.pipeline import check_pipeline
+    from rtdmd.apis.stages import default_work_dir, split_stage_options
+    from rtdmd.utils.config import ConfigError, load_config
+    from rtdmd.utils.mmengine_compat import apply_mmengine_patches, dist_timeout, init_distributed
+
     apply_mmengine_patches()
     try:
         cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
-    except (ConfigError, FileNotFoundError) as err:
+        check_checkpoint_given(cfg, args)
+        timeout = dist_timeout(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint {args.checkpoint} does not exist')
@@ -118,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             check_request(cfg, req)  # the request, the suites, the checkpoint path
         except (ValueError, FileNotFoundError) as err:
             sys.exit(f'error: {err}')
-        init_distributed(args.launcher)  # each process takes a share of every suite
+        init_distributed(args.launcher, timeout_s=timeout)  # a share of every suite
         try:
             run_benchmarks(cfg, req, args.cfg_options)
         except (FileNotFoundError, SettingsMismatchError, PromptFileError) as err:
@@ -126,10 +160,14 @@ def main(argv: list[str] | None = None) -> None:
             # prompt file: each message says what to do
             sys.exit(f'error: {err}')
         return
-    init_distributed(args.launcher)
+    init_distributed(args.launcher, timeout_s=timeout)
 
     from rtdmd.apis.pipeline import run_test
-    run_test(cfg, args.checkpoint, args.cfg_options)
+    from rtdmd.utils.checkpoint_io import CheckpointReadError
+    try:
+        run_test(cfg, args.checkpoint, args.cfg_options)
+    except (CheckpointReadError, FileNotFoundError) as err:  # corrupt, unsafe or missing
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

@@ -1,10 +1,12 @@
 """Train with an rtdmd config.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options k=v ...]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --start-over]
+                                 [--retrain-changed] [--cfg-options k=v ...]
                                  [--launcher none|pytorch|slurm]
 
 The config is validated before anything is built: an unknown key, type or argument stops the run
-with a message naming it. The resolved config is written into the work dir.
+with a message naming it. The resolved config is written into the work dir. A work dir that
+already holds a run is used only with --resume (continue it) or --start-over (move it aside).
 """
 
 from __future__ import annotations
@@ -27,15 +29,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                         '(default: work_dirs/<config path below configs/>)')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from CKPT, or from the latest checkpoint of the work dir '
-                        'when no path is given (a pipeline of stages always resumes: finished '
-                        'stages are skipped, an interrupted one continues)')
+                        help='resume from CKPT, or from the newest intact checkpoint of the '
+                        'work dir when no path is given (a pipeline of stages skips finished '
+                        'stages and continues an interrupted one)')
+    parser.add_argument('--start-over', action='store_true',
+                        help='the work dir holds a run: move it to <work-dir>.superseded-<time> '
+                        'and train from the start')
+    parser.add_argument('--retrain-changed', action='store_true',
+                        help='with --resume, a pipeline\'s stages trained with other options '
+                        '(and the stages started from them) are moved aside and trained again '
+                        'instead of refused')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.fake_update_ratio=5 '
                         'world.stds="[0.3,0.3]"')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.start_over and args.resume is not None:
+        parser.error('--start-over and --resume exclude each other')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -80,27 +91,51 @@ def build_cfg(args: argparse.Namespace):
     return cfg
 
 
+def check_work_dir(cfg, args: argparse.Namespace) -> None:
+    """A work dir that holds a run needs --resume or --start-over (moved aside here)."""
+    from rtdmd.utils.run_dir import existing_runs, move_aside
+
+    if cfg.get('stages') and args.resume not in (None, 'auto'):
+        raise FileExistsError(f'--resume {args.resume}: a pipeline resumes each stage from the '
+                              f'newest intact checkpoint of its own work dir; pass --resume '
+                              f'without a path')
+    runs = existing_runs(cfg.work_dir)
+    if not runs or args.resume is not None:
+        return
+    if not args.start_over:
+        raise FileExistsError(
+            f'{cfg.work_dir} already holds a run (checkpoints in {", ".join(runs)}). Continue it '
+            f'with --resume, or train from the start with --start-over (moves it to '
+            f'{cfg.work_dir}.superseded-<time>); or pass another --work-dir')
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f'--start-over: moved the previous run to {move_aside(cfg.work_dir)}')
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_weights_first(args)
     from rtdmd.apis.pipeline import check_pipeline  # heavy imports from here on
     from rtdmd.utils.config import ConfigError
-    from rtdmd.utils.mmengine_compat import apply_mmengine_patches, init_distributed
+    from rtdmd.utils.errors import RunDirError, TrainingStopped
+    from rtdmd.utils.mmengine_compat import apply_mmengine_patches, dist_timeout, init_distributed
 
     apply_mmengine_patches()
     try:
         cfg = build_cfg(args)
         check_pipeline(cfg, args.cfg_options)
-    except (ConfigError, FileNotFoundError) as err:
+        timeout = dist_timeout(cfg)
+        check_work_dir(cfg, args)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         sys.exit(f'error: {err}')
-    init_distributed(args.launcher)
+    init_distributed(args.launcher, timeout_s=timeout)
 
     from rtdmd.apis.pipeline import run_training  # heavy imports after validation
     from rtdmd.models.backbones.pretrained import MissingWeightsError
     from rtdmd.rewards.weights import MissingRewardWeightsError
     try:
-        run_training(cfg, args.cfg_options)
-    except (MissingWeightsError, MissingRewardWeightsError) as err:  # says where weights go
+        run_training(cfg, args.cfg_options, retrain_changed=args.retrain_changed)
+    except (MissingWeightsError, MissingRewardWeightsError, RunDirError,
+            TrainingStopped) as err:  # each message says what to do
         sys.exit(f'error: {err}')
 
 

@@ -6,8 +6,11 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=3,
+    # Atomic, checksummed checkpoints; old ones are removed only after a new one is verified.
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=3,
                     save_last=True),
+    # Non-finite steps are skipped by NonFiniteGuardOptimWrapper; this many in a row stop the run.
+    nonfinite=dict(type='NonFiniteGuardHook', max_consecutive=10),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     rng_state=dict(type='RNGStateHook'),
 )
@@ -15,7 +18,8 @@ default_hooks = dict(
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'),
+    # Collective timeout in seconds: long enough for every rank to load a 10+ GB model.
+    dist_cfg=dict(backend='nccl', timeout=1800),
 )
 
 visualizer = dict(type='Visualizer',

@@ -3,9 +3,10 @@
 The distiller is built from its config, the checkpoint loaded (LoRA weights in ``state_dict``, the
 generator's EMA in ``ema_state``), every active adapter of the generator (stage 1's frozen one and
 the trainable one) merged into its base, and the family's own diffusers pipeline rebuilt from the
-backbone's components (``Backbone.pipeline_class`` / ``pipeline_component_names``) with the merged
-generator as ``transformer`` and a :class:`~rtdmd.models.samplers.cps_scheduler.CPSScheduler` on
-the student's few-step sigmas and eta. Nothing here asks which family it exports.
+backbone's components (``DiffusersBackbone.pipeline_class`` / ``pipeline_component_names``) with
+the merged generator as ``transformer`` and a
+:class:`~rtdmd.models.samplers.cps_scheduler.CPSScheduler` on the student's few-step sigmas and
+eta. Nothing here asks which family it exports.
 
 The folder loads with ``import rtdmd; DiffusionPipeline.from_pretrained(folder)``;
 ``rtdmd_export.json`` records where it came from and the call arguments that reproduce rtdmd's

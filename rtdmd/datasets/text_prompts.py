@@ -30,44 +30,76 @@ def resolve_prompt_file(path: str) -> str:
                           f'shipped sets in {PACKAGE_PROMPTS})')
 
 
+def check_max_prompts(max_prompts: int | None, where: str = 'max_prompts') -> None:
+    """``None`` or an int >= 1 (0 would leave nothing to sample and a sampler waiting forever).
+
+    Raises:
+        PromptFileError: naming ``where``.
+    """
+    if max_prompts is None:
+        return
+    if isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1:
+        raise PromptFileError(f'{where} must be None (all prompts) or an int >= 1, got '
+                              f'{max_prompts!r}')
+
+
+def _lines(path: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of every line; undecodable bytes name the line and column."""
+    with open(path, 'rb') as f:
+        raw = f.read()
+    out = []
+    for number, data in enumerate(raw.split(b'\n'), start=1):
+        try:
+            out.append((number, data.decode('utf-8')))
+        except UnicodeDecodeError as err:
+            raise PromptFileError(f'{path}:{number}: not valid UTF-8 (byte 0x{data[err.start]:02x} '
+                                  f'at column {err.start + 1}); save the file as UTF-8') from None
+    return out
+
+
 def read_prompt_file(path: str, require_metadata: bool = False,
                      validate: Callable[[dict[str, Any], str], None] | None = None
                      ) -> list[dict[str, Any]]:
     """Items ``{'prompt': str, 'metadata': dict}``; errors name the file and the line.
 
+    Blank lines of a ``.txt`` file are skipped; an empty ``"prompt"`` of a ``.jsonl`` line, a
+    file that is not UTF-8 or one without any prompt is an error.
     ``validate(item, 'file:line')`` (optional) checks each item and raises ``PromptFileError``.
     """
     path = resolve_prompt_file(path)
     items = []
-    with open(path, encoding='utf-8') as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.endswith('.jsonl'):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise PromptFileError(f'{path}:{number}: not a JSON object ({err.msg})') \
-                        from None
-                if not isinstance(record, dict) or not isinstance(record.get('prompt'), str):
-                    raise PromptFileError(f'{path}:{number}: expected an object with a string '
-                                          f'"prompt"')
-                metadata = {k: v for k, v in record.items() if k != 'prompt'}
-                if require_metadata and not metadata:
-                    raise PromptFileError(f'{path}:{number}: prompt has no metadata '
-                                          f'(e.g. GenEval tag/include), which is required here')
-                items.append({'prompt': record['prompt'], 'metadata': metadata})
-            else:
-                if require_metadata:
-                    raise PromptFileError(f'{path}: metadata is required but a .txt file has none;'
-                                          f' use a .jsonl file')
-                items.append({'prompt': line, 'metadata': {}})
-            if validate is not None:
-                validate(items[-1], f'{path}:{number}')
+    for number, line in _lines(path):
+        line = line.strip()
+        if not line:
+            continue
+        if path.endswith('.jsonl'):
+            items.append(_jsonl_item(line, f'{path}:{number}', require_metadata))
+        else:
+            if require_metadata:
+                raise PromptFileError(f'{path}: metadata is required but a .txt file has none;'
+                                      f' use a .jsonl file')
+            items.append({'prompt': line, 'metadata': {}})
+        if validate is not None:
+            validate(items[-1], f'{path}:{number}')
     if not items:
         raise PromptFileError(f'{path} holds no prompt (empty file)')
     return items
+
+
+def _jsonl_item(line: str, where: str, require_metadata: bool) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise PromptFileError(f'{where}: not a JSON object ({err.msg})') from None
+    if not isinstance(record, dict) or not isinstance(record.get('prompt'), str):
+        raise PromptFileError(f'{where}: expected an object with a string "prompt"')
+    if not record['prompt'].strip():
+        raise PromptFileError(f'{where}: the prompt is an empty string')
+    metadata = {k: v for k, v in record.items() if k != 'prompt'}
+    if require_metadata and not metadata:
+        raise PromptFileError(f'{where}: prompt has no metadata (e.g. GenEval tag/include), '
+                              f'which is required here')
+    return {'prompt': record['prompt'], 'metadata': metadata}
 
 
 def _field_error(where: str, field: str, why: str) -> PromptFileError:
@@ -158,6 +190,7 @@ def load_benchmark(name: str, max_prompts: int | None = None,
     """Validated items of a benchmark (``path`` replaces its shipped file, e.g. in tests)."""
     if name not in BENCHMARKS:
         raise ValueError(f'unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}')
+    check_max_prompts(max_prompts)
     bench = BENCHMARKS[name]
     items = read_prompt_file(path or bench.file, bench.require_metadata, bench.validate)
     return items[:max_prompts]
@@ -178,6 +211,7 @@ class TextPromptDataset(Dataset):
                  max_prompts: int | None = None, benchmark: str | None = None) -> None:
         if (path is None) == (benchmark is None):
             raise ValueError('TextPromptDataset takes exactly one of path= and benchmark=')
+        check_max_prompts(max_prompts, 'TextPromptDataset.max_prompts')
         if benchmark is not None:
             self.items = load_benchmark(benchmark, max_prompts)
             if require_metadata and not BENCHMARKS[benchmark].require_metadata:

@@ -1,6 +1,8 @@
-from .hooks import RNGStateHook, TrainableEMAHook
+from .hooks import NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook, TrainableEMAHook
 from .optim import DistillerOptimWrapperConstructor
+from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel
 
-__all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'RNGStateHook',
+__all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'NonFiniteGuardHook',
+           'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
            'TrainableEMAHook']

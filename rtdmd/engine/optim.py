@@ -11,6 +11,8 @@ from torch import nn
 
 from rtdmd.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
+from .optim_wrappers import NonFiniteGuardOptimWrapper
+
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class DistillerOptimWrapperConstructor:
@@ -20,11 +22,14 @@ class DistillerOptimWrapperConstructor:
 
         optim_wrapper = dict(
             constructor='DistillerOptimWrapperConstructor',
-            generator=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4),
-                           clip_grad=dict(max_norm=1.0)),
-            fake_score=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4)))
+            generator=dict(type='NonFiniteGuardOptimWrapper',
+                           optimizer=dict(type='AdamW', lr=1e-4), clip_grad=dict(max_norm=1.0)),
+            fake_score=dict(type='NonFiniteGuardOptimWrapper',
+                            optimizer=dict(type='AdamW', lr=1e-4)))
 
     Only parameters with ``requires_grad`` (e.g. the LoRA weights) are handed to the optimizer.
+    A role without ``type`` gets :class:`NonFiniteGuardOptimWrapper`, which skips non-finite
+    steps; each guarded wrapper learns its role name for the logs.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
@@ -45,7 +50,10 @@ class DistillerOptimWrapperConstructor:
                 raise ValueError(f'optim_wrapper.{role}: the {role} has no trainable parameters')
             optimizer_cfg = dict(cfg.pop('optimizer'))
             optimizer_cfg['params'] = params
-            cfg.setdefault('type', 'OptimWrapper')
-            wrappers[role] = OPTIM_WRAPPERS.build(
+            cfg.setdefault('type', 'NonFiniteGuardOptimWrapper')
+            wrapper = OPTIM_WRAPPERS.build(
                 cfg, default_args=dict(optimizer=OPTIMIZERS.build(optimizer_cfg)))
+            if isinstance(wrapper, NonFiniteGuardOptimWrapper):
+                wrapper.role = role
+            wrappers[role] = wrapper
         return OptimWrapperDict(**wrappers)

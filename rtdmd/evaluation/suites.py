@@ -26,7 +26,6 @@ Layout of the results (``out_root`` = ``<work_dir>/benchmarks``)::
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from rtdmd.evaluation.benchmark import METRICS_FILE, compare_methods, run_benchmark
+from rtdmd.utils.atomic import atomic_write_json, atomic_write_text
 
 BENCHMARK_KEYS = frozenset({'rewards', 'suites', 'default_suites', 'seeds', 'batch_size',
                             'max_prompts', 'teacher'})
@@ -87,6 +87,11 @@ def check_benchmark_config(bench: Mapping[str, Any], suites: Sequence[str] | Non
         if name not in all_suites:
             errors.append(f'benchmark suite {name!r} is not defined; the config defines '
                           f'{sorted(all_suites)}')
+    max_prompts = bench.get('max_prompts')
+    if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(
+            max_prompts, int) or max_prompts < 1):
+        errors.append(f'benchmark.max_prompts: None (all prompts) or an int >= 1, got '
+                      f'{max_prompts!r} (0 leaves nothing to sample)')
     seeds = bench.get('seeds', [42])
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         errors.append(f'benchmark.seeds: a non-empty list of distinct ints, got {seeds!r}')
@@ -99,9 +104,15 @@ def check_benchmark_config(bench: Mapping[str, Any], suites: Sequence[str] | Non
 
 
 def suite_prompts(suite: Mapping[str, Any], max_prompts: int | None = None) -> list[dict]:
-    """The suite's validated prompt items (the first ``max_prompts`` when given)."""
-    from rtdmd.datasets.text_prompts import BENCHMARKS, load_benchmark, read_prompt_file
+    """The suite's validated prompt items (the first ``max_prompts`` when given, >= 1)."""
+    from rtdmd.datasets.text_prompts import (
+        BENCHMARKS,
+        check_max_prompts,
+        load_benchmark,
+        read_prompt_file,
+    )
 
+    check_max_prompts(max_prompts)
     if suite['prompts'] in BENCHMARKS:
         return load_benchmark(suite['prompts'], max_prompts, path=suite.get('file'))
     return read_prompt_file(suite['prompts'])[:max_prompts]
@@ -235,8 +246,8 @@ def write_results(out_root: str | Path, extra: Mapping[str, str | Path] | None =
     table = {m: {short[k]: v for k, v in metrics.items() if not k.startswith('_')}
              for m, metrics in methods.items()}
     md, table_csv = compare_methods(table)
-    (out_root / RESULTS_MD).write_text(md)
-    (out_root / RESULTS_CSV).write_text(table_csv)
+    atomic_write_text(str(out_root / RESULTS_MD), md)
+    atomic_write_text(str(out_root / RESULTS_CSV), table_csv)
     return md, table_csv
 
 
@@ -251,10 +262,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(obj, indent=2) + '\n')
-    os.replace(tmp, path)
+    atomic_write_json(str(path), obj)  # fsync-ed before the rename, unlike a plain write
 
 
 __all__ = ['BenchmarkConfigError', 'SuiteScorers', 'check_benchmark_config', 'check_suite_weights',

@@ -48,12 +48,14 @@ def consistency_jump_sigma(t: SigmaLike, jump_steps: Tensor | int,
 
 
 def _sanitised_mean(product_fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
-    """``mean_B mean_{C..} product_fn(*tensors)`` in float32, with a non-finite result -> 0.
+    """``mean_B mean_{C..} product_fn(*tensors)`` in float32, an overflow -> 0, a NaN input -> NaN.
 
-    A first detached pass decides finiteness; the differentiable pass then sees zeros in place of
-    the inputs when the value is not finite. Masking the *inputs* (not just the output) keeps the
-    backward finite too: ``nan_to_num`` on the output alone would still send ``0 * nan = nan``
-    into the fake score's gradients.
+    The release sanitises a non-finite value to 0. That stays for finite inputs whose product
+    overflows: a first detached pass decides finiteness, and the differentiable pass then sees
+    zeros in place of the inputs, which keeps the backward finite too (``nan_to_num`` on the
+    output alone would still send ``0 * nan = nan`` into the fake score's gradients). Inputs
+    that are themselves not finite (a diverged fake score) give NaN: a silent 0 would hide the
+    divergence from the log and from the optimizer guard, which skips such a step.
     """
     work = [x.float() if x.dtype != torch.float64 else x for x in tensors]
 
@@ -61,11 +63,12 @@ def _sanitised_mean(product_fn: Callable[..., Tensor], *tensors: Tensor) -> Tens
         prod = product_fn(*xs)
         return prod.reshape(prod.shape[0], -1).mean(dim=1).mean()
 
-    with torch.no_grad():
-        finite = torch.isfinite(batch_mean(*work))
+    with torch.no_grad():  # tensors, not Python bools: no device synchronisation
+        inputs_finite = torch.stack([torch.isfinite(x).all() for x in work]).all()
+        finite = torch.isfinite(batch_mean(*work)) & inputs_finite
     safe = [torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in work]
-    value = batch_mean(*safe)
-    return torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+    value = torch.nan_to_num(batch_mean(*safe), nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.where(inputs_finite, value, torch.full_like(value, torch.nan))
 
 
 def consistency_regularizer(h1: Tensor, h2: Tensor, h_anchor: Tensor) -> Tensor:
@@ -73,8 +76,9 @@ def consistency_regularizer(h1: Tensor, h2: Tensor, h_anchor: Tensor) -> Tensor:
 
     ``L_cons = mean_B[ mean_{C,H,W}( (h1 - h_a) * (h2 - h_a) ) ]``. For ``h1, h2`` i.i.d. given
     ``x_t``, ``E[L_cons] = mean_{B,C,H,W} (E[h | x_t] - h_a)^2``. Gradients flow through ``h1``,
-    ``h2`` and ``h_anchor`` (the anchor reuses the AC-loss forward and keeps its gradient). A
-    nan/inf value is replaced by 0, with zero gradient.
+    ``h2`` and ``h_anchor`` (the anchor reuses the AC-loss forward and keeps its gradient). An
+    overflowing value of finite inputs is replaced by 0, with zero gradient; non-finite inputs
+    give NaN.
 
     Args:
         h1: x0-prediction of the fake score at ``(x'_1, tau')``, ``(B, ...)``.

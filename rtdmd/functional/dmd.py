@@ -23,8 +23,11 @@ def dmd_gradient(x: Tensor, pred_fake: Tensor, pred_real: Tensor, normalize: boo
     """DMD gradient ``g = pred_fake - pred_real``, optionally normalised per sample.
 
     With ``normalize``: ``g_b <- g_b / mean_{non-batch} |x_b - pred_real_b|`` followed by
-    ``nan_to_num``, so degenerate input (``x == pred_real``, zeros, infinities) gives a finite
-    gradient (0 / 0 -> 0, overflow -> the dtype's largest finite value).
+    ``nan_to_num`` (as the release does), so a degenerate normalisation of finite input
+    (``x == pred_real``: 0 / 0 -> 0; overflow -> the dtype's largest finite value) gives a
+    finite gradient. A sample whose inputs are *not* finite (a diverged generator, teacher or fake
+    score) gets a NaN gradient instead of a silent zero, so the loss shows it and the optimizer
+    guard skips the step.
 
     The gradient is a fixed target, not a function to differentiate: it is computed under
     ``torch.no_grad()`` and never carries autograd history, even when ``x`` does (callers
@@ -53,6 +56,9 @@ def dmd_gradient(x: Tensor, pred_fake: Tensor, pred_real: Tensor, normalize: boo
             # makes the step size independent of how far the sample is from the teacher.
             scale = (xw - real).abs().flatten(1).mean(dim=1)
             grad = torch.nan_to_num(grad / append_dims(scale, grad.ndim))
+            finite = torch.stack([torch.isfinite(t).flatten(1).all(dim=1)
+                                  for t in (xw, fake, real)]).all(dim=0)
+            grad = torch.where(append_dims(finite, grad.ndim), grad, torch.nan)
         return grad.to(x.dtype)
 
 

@@ -13,7 +13,20 @@ over the whole tree and reports every problem at once:
    ``VISBACKENDS``, ...), honouring mmengine's ``'scope.Name'`` prefix, a ``_scope_`` key and
    full import paths (``'torch.optim.AdamW'``).
 3. every other key of such a dict is a parameter of the resolved class (``__init__``) or
-   function, unless the signature takes ``**kwargs`` (then nothing can be said).
+   function, unless the signature takes ``**kwargs`` (then nothing can be said; mmengine's
+   ``CheckpointHook`` is the exception: its ``**kwargs`` go to ``Runner.save_checkpoint``,
+   which takes none beyond the ones the hook passes itself);
+4. every value of such a dict has the type its parameter is annotated with (or, unannotated,
+   the kind of its default: a number, a bool) -- ``lr='abc'`` or ``max_iters='ten'`` name the key
+   and the expected type;
+5. untyped dict arguments whose keys a constructor checks only once built (``model.subgrpo``,
+   ``model.matching.renoise``, ...) hold known keys: a class declares them in a
+   ``dict_arg_keys`` attribute (``{argument: keys}``, or ``{argument: {'*': keys}}`` for a dict
+   of such dicts), from the same constants its constructor checks.
+
+Changing a component's ``type`` on the command line (``reward.type=QuadraticReward``) drops the
+keys of the base config's dict that the new type does not take (``direction`` of the old
+``LinearReward``), logging which; keys the user set on the command line are kept (and checked).
 
 Typeless dicts (``train_cfg=dict(by_epoch=False, ...)``, dataloaders, ``default_hooks``) and
 lists are walked recursively. Non-string types (classes from new-style configs) are not resolved.
@@ -30,15 +43,17 @@ from typing import Any
 from mmengine.config import Config
 from mmengine.registry import Registry
 
+from .config_checks import dict_arg_errors, value_type_errors
 from .config_refs import resolve_references
 
-__all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config', 'validate_config']
+__all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config',
+           'validate_config']
 
 #: Project-level top-level keys that are not Runner arguments. tools/*.py and the rtdmd loops
 #: read them from ``cfg``; an issue that adds such a key extends this set (and nothing else).
 EXTRA_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
     {'world', 'reward', 'backbone', 'stages', 'evaluation', 'weights_root', 'benchmark',
-     'train_rewards'})
+     'train_rewards', 'stage_name'})
 
 # Top-level keys mmengine itself reads from ``cfg`` although they are not Runner arguments:
 # Config.fromfile imports ``custom_imports``; ``Runner.wrap_model`` reads the other three;
@@ -106,6 +121,7 @@ def load_config(path: str, cfg_options: dict | None = None) -> Config:
         raise FileNotFoundError(f'config file not found: {path!r}')
     cfg = Config.fromfile(path)
     if cfg_options:
+        _drop_keys_of_replaced_types(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     try:
         resolve_references(cfg)
@@ -200,6 +216,9 @@ def _check_typed_dict(
                 f'{path}.{key}: {key!r} is not an argument of {type_name} ({name}).'
                 + _suggest(str(key), accepted)
             )
+    if len(found) == 1:  # one candidate: its annotations and nested key sets apply
+        errors.extend(value_type_errors(node, found[0][1], path))
+        errors.extend(dict_arg_errors(node, found[0][1], path))
     return errors
 
 
@@ -296,7 +315,7 @@ def _parameters(obj: Any) -> set[str] | None:
     """
     target = obj.__init__ if inspect.isclass(obj) else obj
     if target is object.__init__:
-        return None
+        return set()  # a class without a constructor of its own takes no arguments
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
@@ -304,7 +323,8 @@ def _parameters(obj: Any) -> set[str] | None:
     params = list(sig.parameters.values())
     if inspect.isclass(obj) and params:
         params = params[1:]  # self
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params) and \
+            not _kwargs_take_nothing(target):
         return None
     return {
         p.name
@@ -332,3 +352,63 @@ def _get_path(cfg_dict: dict, path: tuple[str, ...]) -> Any:
             return None
         node = dict.__getitem__(node, key)
     return node
+
+
+def _kwargs_take_nothing(init: Any) -> bool:
+    """``**kwargs`` that reach nothing able to take them (a typo there crashes at first use)."""
+    from mmengine.hooks import CheckpointHook
+
+    return init is CheckpointHook.__init__
+
+
+# ------------------------------------------------------------------------ replaced types
+def _drop_keys_of_replaced_types(cfg: Config, cfg_options: dict) -> list[str]:
+    """Before merging ``cfg_options``: for every ``X.type`` they change, drop the keys of the
+    base's ``X`` that the new type does not accept and the options do not set. Returns (and
+    logs) one line per changed type."""
+    from mmengine.logging import print_log
+
+    options = _dotted_options(cfg_options)
+    resolver: _Resolver | None = None
+    lines = []
+    for key, new_type in options.items():
+        if not key.endswith('.type') or not isinstance(new_type, str):
+            continue
+        parent_path = key[:-len('.type')]
+        node = _get_path(cfg._cfg_dict, tuple(parent_path.split('.')))
+        if not isinstance(node, dict) or dict.get(node, 'type') in (None, new_type):
+            continue
+        resolver = resolver or _Resolver()
+        scope = dict.get(cfg._cfg_dict, 'default_scope') or 'rtdmd'
+        found = resolver.resolve(new_type, scope)
+        accepted: set[str] = set()
+        for registry_name, obj in found:
+            params = _parameters(obj)
+            if params is None:
+                accepted = None
+                break
+            accepted |= params | _REGISTRY_RESERVED_KEYS.get(registry_name, frozenset())
+        if not found or accepted is None:
+            continue  # unknown type (reported by validation) or **kwargs: keep everything
+        user = {k[len(parent_path) + 1:].split('.')[0] for k in options
+                if k.startswith(parent_path + '.')}
+        drop = [k for k in dict.keys(node)
+                if k not in accepted and k not in _BUILD_KEYS and k not in user]
+        for k in drop:
+            dict.__delitem__(node, k)
+        if drop:
+            lines.append(f'{parent_path}.type: {dict.get(node, "type")} -> {new_type}; dropped '
+                         f'{", ".join(drop)} of the base config ({new_type} does not take them)')
+    for line in lines:
+        print_log(line, logger='current', level=30)
+    return lines
+
+
+def _dotted_options(options: dict, prefix: str = '') -> dict:
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and value:
+            flat.update(_dotted_options(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat

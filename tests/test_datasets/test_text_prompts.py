@@ -32,3 +32,40 @@ def test_missing_metadata_names_the_line(tmp_path: Path) -> None:
         TextPromptDataset(str(path), require_metadata=True)
     with pytest.raises(PromptFileError, match='not found'):
         TextPromptDataset(str(tmp_path / 'nope.txt'))
+
+
+def test_undecodable_file_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / 'latin1.txt'
+    path.write_bytes('a cat\nun caf\xe9\n'.encode('latin-1'))
+    with pytest.raises(PromptFileError, match=r'latin1.txt:2: not valid UTF-8 \(byte 0xe9 at '
+                                              r'column 7\)'):
+        TextPromptDataset(str(path))
+
+
+def test_empty_string_prompt_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / 'blank.jsonl'
+    path.write_text(json.dumps({'prompt': 'a'}) + '\n' + json.dumps({'prompt': '  '}) + '\n')
+    with pytest.raises(PromptFileError, match=r'blank.jsonl:2: the prompt is an empty string'):
+        TextPromptDataset(str(path))
+
+
+@pytest.mark.parametrize('bad', [0, -1, 2.5, True])
+def test_max_prompts_that_leaves_nothing_or_cuts_oddly_fails_at_build(bad: object) -> None:
+    """0 used to build an empty dataset (an infinite sampler then waits forever); -1 silently
+    dropped the last prompt."""
+    with pytest.raises(PromptFileError, match='max_prompts must be None'):
+        TextPromptDataset('pickscore_train_subset.txt', max_prompts=bad)
+    with pytest.raises(PromptFileError, match='max_prompts must be None'):
+        TextPromptDataset(benchmark='drawbench', max_prompts=bad)
+
+
+def test_benchmark_section_and_suite_reject_zero_prompts() -> None:
+    from rtdmd.evaluation.suites import BenchmarkConfigError, check_benchmark_config, suite_prompts
+
+    bench = dict(rewards=dict(s=dict(type='ImageStatsReward')),
+                 suites=dict(d=dict(prompts='drawbench', rewards=['s'])), max_prompts=0)
+    with pytest.raises(BenchmarkConfigError, match='benchmark.max_prompts'):
+        check_benchmark_config(bench, ['d'])
+    with pytest.raises(PromptFileError, match='max_prompts'):
+        suite_prompts(dict(prompts='drawbench'), 0)
+    assert len(suite_prompts(dict(prompts='drawbench'), 3)) == 3

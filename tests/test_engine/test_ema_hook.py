@@ -20,7 +20,7 @@ def test_ema_follows_the_closed_form_and_covers_trainable_params_only(
     gen = runner.model.backbone.generator
     gen.out.bias.requires_grad_(False)  # a frozen parameter is not averaged
     hook = TrainableEMAHook(decay=0.9)
-    hook.before_run(runner)
+    hook.before_train(runner)
     assert 'out.bias' not in hook.ema and 'out.weight' in hook.ema
     w0 = gen.out.weight.detach().clone()
     with torch.no_grad():
@@ -36,7 +36,7 @@ def test_swap_exchanges_and_restores(tiny_backbone_cfg: dict) -> None:
     runner = _runner(tiny_backbone_cfg)
     gen = runner.model.backbone.generator
     hook = TrainableEMAHook(decay=0.5)
-    hook.before_run(runner)
+    hook.before_train(runner)
     live = gen.out.weight.detach().clone()
     hook.ema['out.weight'] = torch.zeros_like(live)
     hook.before_val_epoch(runner)
@@ -48,7 +48,7 @@ def test_swap_exchanges_and_restores(tiny_backbone_cfg: dict) -> None:
 def test_checkpoint_round_trip(tiny_backbone_cfg: dict) -> None:
     runner = _runner(tiny_backbone_cfg)
     hook = TrainableEMAHook()
-    hook.before_run(runner)
+    hook.before_train(runner)
     hook.ema = {k: v + 1 for k, v in hook.ema.items()}
     ckpt: dict = {}
     hook.before_save_checkpoint(runner, ckpt)
@@ -62,7 +62,7 @@ def test_warmup_decay_and_interval(tiny_backbone_cfg: dict) -> None:
     runner = _runner(tiny_backbone_cfg)
     gen = runner.model.backbone.generator
     hook = TrainableEMAHook(decay=0.9, warmup=True, interval=2)
-    hook.before_run(runner)
+    hook.before_train(runner)
     start = hook.ema['out.weight'].clone()
     with torch.no_grad():
         gen.out.weight.add_(1.0)

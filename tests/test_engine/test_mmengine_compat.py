@@ -52,8 +52,13 @@ def toy_model() -> nn.Module:
     return ToyModel()
 
 
-def toy_runner(work_dir: Path, name: str, max_iters: int, **kwargs):
+def toy_runner(work_dir: Path, name: str, max_iters: int, hook: str = 'safe', **kwargs):
+    from mmengine.hooks import CheckpointHook
     from mmengine.runner import Runner
+
+    from rtdmd.engine.hooks import SafeCheckpointHook
+
+    hook_type = SafeCheckpointHook if hook == 'safe' else CheckpointHook
 
     return Runner(
         model=toy_model(),
@@ -67,7 +72,7 @@ def toy_runner(work_dir: Path, name: str, max_iters: int, **kwargs):
         ),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+        default_hooks=dict(checkpoint=dict(type=hook_type, interval=2, by_epoch=False)),
         experiment_name=name,
         log_level='WARNING',
         **kwargs,
@@ -101,17 +106,57 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_torch_default_load_rejects_mmengine_checkpoint(checkpoint, monkeypatch):
-    """Why the patch exists: torch >= 2.6 loads with weights_only=True by default."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    from mmengine.runner.checkpoint import load_from_local as mmengine_load_from_local
+@pytest.fixture(scope='module')
+def mmengine_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of mmengine's own CheckpointHook (HistoryBuffer and NumPy objects inside)."""
+    work_dir = tmp_path_factory.mktemp('toy_run_mmengine')
+    toy_runner(work_dir, f'toy_save_mm_{os.getpid()}', max_iters=2, hook='mmengine').train()
+    return work_dir / 'iter_2.pth'
 
+
+def test_safe_checkpoints_need_no_unsafe_global(checkpoint):
+    """rtdmd's checkpoints load with torch's default weights_only=True, no allow-list."""
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(checkpoint)) == []
+    loaded = torch.load(checkpoint, weights_only=True)
+    assert {'meta', 'state_dict', 'optimizer', 'message_hub'} <= set(loaded)
+
+
+def test_mmengine_checkpoint_is_refused_and_converts_when_trusted(mmengine_checkpoint,
+                                                                  tmp_path):
+    """Unpickling it would run HistoryBuffer's getattr reduction: the loader refuses, saying
+    why and how to convert a trusted file; the converted copy resumes."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from rtdmd.utils.checkpoint_io import UnsafeCheckpointError
+    from rtdmd.utils.convert_checkpoint import convert_trusted_checkpoint
+
+    apply_mmengine_patches()
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
-        torch.load(checkpoint)
-    # ... and so does mmengine's own local loader, which resume goes through.
-    monkeypatch.setitem(CheckpointLoader._schemes, '', mmengine_load_from_local)
-    with pytest.raises(pickle.UnpicklingError):
-        CheckpointLoader.load_checkpoint(str(checkpoint), map_location='cpu')
+        torch.load(mmengine_checkpoint)
+    with pytest.raises(UnsafeCheckpointError, match='refused.*builtins.getattr.*convert'):
+        CheckpointLoader.load_checkpoint(str(mmengine_checkpoint), map_location='cpu')
+    safe = convert_trusted_checkpoint(str(mmengine_checkpoint), str(tmp_path / 'safe.pth'))
+    runner = toy_runner(tmp_path / 'run', f'toy_conv_{os.getpid()}', max_iters=4,
+                        load_from=safe, resume=True)
+    runner.train()
+    assert runner.model.train_steps == 2
+
+
+def test_crafted_pickle_is_refused_without_running_it(tmp_path):
+    """A file whose unpickling would run code (here: create a marker file) is refused."""
+    from rtdmd.utils.checkpoint_io import UnsafeCheckpointError
+
+    marker = tmp_path / 'pwned'
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    crafted = tmp_path / 'crafted.pth'
+    torch.save({'state_dict': {}, 'payload': Exploit()}, crafted)
+    with pytest.raises(UnsafeCheckpointError, match='refused'):
+        load_from_local(str(crafted))
+    assert not marker.exists()
 
 
 def test_resume_after_patch(checkpoint, tmp_path):
@@ -146,9 +191,7 @@ def test_truncated_checkpoint_gives_clear_error(checkpoint, tmp_path, keep):
     broken.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(CheckpointReadError) as info:
         CheckpointLoader.load_checkpoint(str(broken), map_location='cpu')
-    assert str(info.value).startswith(
-        f'{broken} is not a readable checkpoint (truncated or corrupt?): '
-    )
+    assert str(info.value).startswith(f'{broken} is not a readable checkpoint')
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         load_from_local(str(tmp_path / 'missing.pth'))
 

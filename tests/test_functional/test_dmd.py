@@ -53,15 +53,21 @@ def test_degenerate_input_gives_finite_gradient() -> None:
     assert torch.isfinite(dmd_gradient(x, fake, x.clone())).all()
     zeros = torch.zeros(SHAPE)
     assert torch.equal(dmd_gradient(zeros, zeros, zeros), zeros)
-    x_inf = x.clone()
-    x_inf[0, 0, 0, 0] = float('inf')
-    g_inf = dmd_gradient(x_inf, fake, x)
-    assert torch.isfinite(g_inf).all()
-    real_inf = x.clone()
-    real_inf[1, 0, 0, 0] = float('-inf')
-    assert torch.isfinite(dmd_gradient(x, fake, real_inf)).all()
+
+
+@pytest.mark.parametrize('where', ['x', 'fake', 'real'])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_non_finite_input_gives_a_visible_nan_for_that_sample_only(where: str, bad: float
+                                                                   ) -> None:
+    """A diverged network must not turn into a silent zero gradient (and a logged 0.0 loss)."""
+    x, fake, real = (_rand(*SHAPE, seed=s, dtype=torch.float32) for s in (9, 10, 11))
+    inputs = dict(x=x.clone(), fake=fake.clone(), real=real.clone())
+    inputs[where][0, 0, 0, 0] = bad
+    g = dmd_gradient(inputs['x'], inputs['fake'], inputs['real'])
+    assert torch.isnan(g[0]).all()
     # A healthy sample is unaffected by a degenerate one in the same batch.
-    assert torch.allclose(g_inf[1:], dmd_gradient(x_inf[1:], fake[1:], x[1:]))
+    assert torch.equal(g[1:], dmd_gradient(x[1:], fake[1:], real[1:]))
+    assert torch.isnan(dmd_surrogate_loss(inputs['x'], g))
 
 
 def test_gradient_dtype_follows_x() -> None:

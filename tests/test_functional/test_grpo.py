@@ -9,10 +9,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from rtdmd.functional.grpo import (
     clipped_ratio_loss,
     combine_advantages,
+    finite_rewards,
     group_advantages,
     prompt_noise_seed,
     select_step_subset,
@@ -224,3 +226,45 @@ def test_shared_noise_is_standard_normal() -> None:
     torch.testing.assert_close(torch.quantile(noise, q),
                                torch.tensor([-1.96, -0.994, 0.0, 0.994, 1.96],
                                             dtype=torch.float64), rtol=0, atol=0.04)
+
+
+def _two_rewards(n_groups: int = 4, k: int = 6, seed: int = 0) -> tuple[dict, dict, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    rewards = {'a': torch.randn(n_groups * k, generator=g, dtype=torch.float64),
+               'b': 20 * torch.rand(n_groups * k, generator=g, dtype=torch.float64)}
+    return rewards, {'a': 1.0, 'b': 0.5}, torch.arange(n_groups).repeat_interleave(k)
+
+
+def finite_combine_advantages(rewards, weights, groups, **kwargs):
+    valid = finite_rewards(rewards)
+    return combine_advantages(rewards, weights, groups, valid=valid, **kwargs), valid
+
+
+def test_finite_combine_advantages_equals_combine_advantages_when_all_finite() -> None:
+    rewards, weights, groups = _two_rewards()
+    adv, valid = finite_combine_advantages(rewards, weights, groups, clip=1.5)
+    assert bool(valid.all())
+    torch.testing.assert_close(adv, combine_advantages(rewards, weights, groups, clip=1.5),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_a_non_finite_reward_drops_its_sample_from_every_statistic(bad: float) -> None:
+    """Equals combine_advantages computed on the finite samples only (an independent path)."""
+    rewards, weights, groups = _two_rewards()
+    rewards['a'][3] = bad
+    rewards['b'][10] = bad
+    adv, valid = finite_combine_advantages(rewards, weights, groups)
+    keep = torch.ones_like(valid)
+    keep[[3, 10]] = False
+    assert torch.equal(valid, keep) and int((~valid).sum()) == 2
+    assert torch.isfinite(adv).all() and float(adv[3]) == 0.0 and float(adv[10]) == 0.0
+    subset = combine_advantages({n: r[keep] for n, r in rewards.items()}, weights, groups[keep])
+    torch.testing.assert_close(adv[keep], subset, rtol=1e-12, atol=1e-12)
+
+
+def test_all_rewards_non_finite_gives_zero_advantages() -> None:
+    rewards, weights, groups = _two_rewards(n_groups=1, k=4)
+    rewards['a'][:] = float('nan')
+    adv, valid = finite_combine_advantages(rewards, weights, groups)
+    assert not bool(valid.any()) and torch.equal(adv, torch.zeros_like(adv))

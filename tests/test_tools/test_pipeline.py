@@ -24,8 +24,9 @@ TINY_PIPELINE = [
 ]
 
 
-def pipeline(config: str, work_dir: Path, *options: str, tool: str = 'train.py') -> str:
-    args = [sys.executable, f'tools/{tool}', config, '--work-dir', str(work_dir),
+def pipeline(config: str, work_dir: Path, *options: str, tool: str = 'train.py',
+             flags: tuple[str, ...] = ()) -> str:
+    args = [sys.executable, f'tools/{tool}', config, '--work-dir', str(work_dir), *flags,
             '--cfg-options', *TINY_PIPELINE, *options]
     result = run_tool(args, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -51,9 +52,9 @@ def test_main_job_trains_every_stage_and_writes_the_comparison(tmp_path: Path) -
     dumped = (tmp_path / 'rtdmd' / 'toy2d_4step.py').read_text()
     assert str(tmp_path / 'ac_dmd' / 'iter_4.pth') in dumped
 
-    # A second run finds every stage finished and only evaluates again.
-    log = pipeline(PIPELINE, tmp_path, 'dmd2:model.fake_update_ratio=2')
-    assert log.count('finished earlier, skipped') == 7
+    # A second run with --resume finds every stage finished and only evaluates again.
+    log = pipeline(PIPELINE, tmp_path, 'dmd2:model.fake_update_ratio=2', flags=('--resume',))
+    assert log.count('finished earlier with the same config, skipped') == 7
 
 
 @pytest.mark.slow

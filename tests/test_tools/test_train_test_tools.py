@@ -82,7 +82,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
 def test_test_tool_writes_metrics_json(tmp_path: Path) -> None:
     train(tmp_path / 'train')
     options = [o for o in TINY_TOY_OPTIONS if o.startswith(('test_', 'backbone.'))]
-    result = run_tool([sys.executable, 'tools/test.py', CONFIG, '--checkpoint',
+    result = run_tool([sys.executable, 'tools/test.py', CONFIG,  # positional, as OpenMMLab's
                        str(tmp_path / 'train' / 'iter_6.pth'), '--work-dir',
                        str(tmp_path / 'test'), '--cfg-options', *options])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -119,3 +119,26 @@ def test_dist_train_runs_two_cpu_processes(tmp_path: Path) -> None:
     assert 'Distributed training: True' in log
     ckpt = load(tmp_path / 'iter_6.pth')
     assert int(ckpt['state_dict']['iteration']) == 6
+
+
+def test_test_tool_needs_a_checkpoint_unless_untrained(tmp_path: Path) -> None:
+    """Evaluating the untrained model by accident overwrote metrics.json with noise."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('rtdmd_test_tool_ckpt', REPO / 'tools/test.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit, match='no checkpoint to evaluate.*CONFIG CHECKPOINT.*'
+                                         '--untrained'):
+        tool.main([CONFIG, '--work-dir', str(tmp_path / 'none')])
+    assert not (tmp_path / 'none').exists()
+    for argv in ([CONFIG, 'a.pth', '--checkpoint', 'b.pth'], [CONFIG, 'a.pth', '--untrained'],
+                 [CONFIG, 'a.pth', '--benchmarks', '--max-prompts', '0']):
+        with pytest.raises(SystemExit) as info:
+            tool.main(argv)
+        assert info.value.code == 2  # argparse's usage error, before anything is loaded
+    options = [o for o in TINY_TOY_OPTIONS if o.startswith(('test_', 'backbone.'))]
+    tool.main([CONFIG, '--untrained', '--work-dir', str(tmp_path / 'untrained'),
+               '--cfg-options', *options])
+    metrics = json.loads((tmp_path / 'untrained' / 'metrics.json').read_text())
+    assert metrics['toy/sw2_teacher'] > 0

@@ -27,9 +27,9 @@ model = dict(
 )
 optim_wrapper = dict(
     constructor='DistillerOptimWrapperConstructor',
-    generator=dict(type='OptimWrapper', clip_grad=dict(max_norm=1.0),
+    generator=dict(type='NonFiniteGuardOptimWrapper', clip_grad=dict(max_norm=1.0),
                    optimizer=dict(type='AdamW', lr=3e-6, betas=(0.9, 0.999), weight_decay=1e-4)),
-    fake_score=dict(type='OptimWrapper', clip_grad=dict(max_norm=1.0),
+    fake_score=dict(type='NonFiniteGuardOptimWrapper', clip_grad=dict(max_norm=1.0),
                     optimizer=dict(type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.0)),
 )
 # mmengine looks wrappers up in its root registry, hence the scope prefix.

@@ -1,4 +1,6 @@
+from .checkpoint import SafeCheckpointHook
 from .ema import TrainableEMAHook
+from .nonfinite import NonFiniteGuardHook
 from .rng_state import RNGStateHook
 
-__all__ = ['RNGStateHook', 'TrainableEMAHook']
+__all__ = ['NonFiniteGuardHook', 'RNGStateHook', 'SafeCheckpointHook', 'TrainableEMAHook']

@@ -9,6 +9,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import Tensor
 
+from rtdmd.engine.optim_wrappers import iteration_skipped
 from rtdmd.functional.ema import ema_update_, ema_warmup_decay
 from rtdmd.registry import HOOKS
 
@@ -24,7 +25,10 @@ class TrainableEMAHook(Hook):
         warmup: use the warm-up decay ``min((1 + s) / (10 + s), decay)`` (the RL stage's).
         begin_iter: first iteration that updates the EMA.
 
-    The EMA lives in the checkpoint under ``'ema_state'`` (parameter name -> tensor).
+    The EMA lives in the checkpoint under ``'ema_state'`` (parameter name -> tensor). It starts
+    from the live weights in ``before_train``, after the Runner has initialised the model
+    (``init_weights``, e.g. a stage-2 warm start) and loaded a checkpoint: a resumed EMA is kept.
+    An iteration whose optimizer step the non-finite guard skipped leaves the EMA untouched.
     """
 
     priority = 'NORMAL'
@@ -46,26 +50,27 @@ class TrainableEMAHook(Hook):
         net = getattr(model.backbone, self.role)
         return {n: p for n, p in net.named_parameters() if p.requires_grad}
 
+    def _ensure_initialised(self, runner: Any) -> None:
+        if not self.ema:
+            self.ema = {n: p.detach().clone() for n, p in self._params(runner).items()}
+
     def before_train(self, runner: Any) -> None:
         # Not before_run: the model's init_weights (a stage-2 warm start) runs after it, and a
         # resumed EMA (after_load_checkpoint) must not be overwritten.
-        params = self._params(runner)
-        if not self.ema:
-            self.ema = {n: p.detach().clone() for n, p in params.items()}
+        self._ensure_initialised(runner)
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
                          outputs: Any = None) -> None:
         step = runner.iter  # iterations finished before this one
-        if step < self.begin_iter or (step + 1) % self.interval:
+        if step < self.begin_iter or (step + 1) % self.interval or iteration_skipped(runner):
             return
         decay = ema_warmup_decay(step, self.decay) if self.warmup else self.decay
         params = self._params(runner)
         ema_update_([self.ema[n] for n in params], list(params.values()), decay)
 
     def swap(self, runner: Any) -> None:
-        """Exchange live and EMA weights (call twice to undo); nothing to do without an EMA."""
-        if not self.ema:
-            return
+        """Exchange live and EMA weights (call twice to undo)."""
+        self._ensure_initialised(runner)  # a test of an untrained model has no EMA yet
         with torch.no_grad():
             for name, param in self._params(runner).items():
                 live = param.detach().clone()

@@ -44,6 +44,7 @@ from .base import Backbone, Condition, condition_batch_size, index_condition
 from .pretrained import check_pretrained_dir, resolve_weights_path
 
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
+LORA_DEFAULTS = dict(rank=32, alpha=64, init='gaussian', target_modules=None)
 TRAINABLE_ROLES = ('generator', 'fake_score')
 
 
@@ -83,6 +84,7 @@ class DiffusersBackbone(Backbone):
     default_generator_repo_id: ClassVar[str | None] = None
     #: The release's LoRA target-module suffixes (see :meth:`default_lora_targets`).
     lora_targets: ClassVar[tuple[str, ...]]
+    dict_arg_keys: ClassVar[dict] = {'lora': tuple(LORA_DEFAULTS)}
 
     def __init__(self, pretrained: str, generator_init: str | None = None,
                  weights_root: str | None = None, lora: dict | None = None,
@@ -96,7 +98,7 @@ class DiffusersBackbone(Backbone):
         if lora_compute not in ('autocast', 'float32'):
             raise ValueError(f"lora_compute must be 'autocast' or 'float32', got "
                              f'{lora_compute!r}')
-        lora_cfg = dict(rank=32, alpha=64, init='gaussian', target_modules=None)
+        lora_cfg = dict(LORA_DEFAULTS)
         unknown = set(lora or {}) - set(lora_cfg)
         if unknown:
             raise TypeError(f'lora got unknown keys {sorted(unknown)}; valid: {sorted(lora_cfg)}')

@@ -80,6 +80,9 @@ def fit_velocity_mlp(mlp: VelocityMLP, teacher: GaussianMixtureTeacher, iters: i
     return float(mse.detach())
 
 
+INIT_FIT_DEFAULTS = dict(iters=2000, batch_size=1024, lr=2e-3, seed=0)
+
+
 @MODELS.register_module()
 class GaussianMixtureBackbone(Backbone):
     """Backbone of the analytic world (exact teacher, MLP generator and fake score).
@@ -94,6 +97,8 @@ class GaussianMixtureBackbone(Backbone):
         shift: optional static SD3-style shift of the few-step schedule (1.0 = none).
     """
 
+    dict_arg_keys = {'init_fit': tuple(INIT_FIT_DEFAULTS)}
+
     def __init__(self, world: dict[str, Any], hidden_dim: int = 128,
                  depth: int = 3, init_fit: dict[str, Any] | None = None, shift: float = 1.0,
                  cache_dir: str | None = None) -> None:
@@ -101,7 +106,7 @@ class GaussianMixtureBackbone(Backbone):
         self.teacher = GaussianMixtureTeacher.from_world(world)
         self.freeze_frozen_modules()
         self.shift = shift
-        fit = dict(iters=2000, batch_size=1024, lr=2e-3, seed=0)
+        fit = dict(INIT_FIT_DEFAULTS)
         unknown = set(init_fit or {}) - set(fit)
         if unknown:
             raise TypeError(f'init_fit got unknown keys {sorted(unknown)}; valid: {sorted(fit)}')
@@ -123,9 +128,12 @@ class GaussianMixtureBackbone(Backbone):
         if path.exists():
             mlp.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
             return
-        torch.manual_seed(fit['seed'])
-        mlp.load_state_dict(VelocityMLP(**arch).state_dict())
-        mse = fit_velocity_mlp(mlp, self.teacher, **fit)
+        # The fit draws from the global RNG: isolate it, so a run that fits (cache miss) leaves
+        # the same global state as one that loads (cache hit) and a resumed run is identical.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(fit['seed'])
+            mlp.load_state_dict(VelocityMLP(**arch).state_dict())
+            mse = fit_velocity_mlp(mlp, self.teacher, **fit)
         print_log(f'fitted the toy students to the exact teacher velocity: mse {mse:.4f}',
                   logger='current')
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ class DistributionMatching(GeneratorTerm):
     """
 
     name = 'dm'
+    dict_arg_keys = {'renoise': tuple(RENOISE_DEFAULTS)}
 
     def __init__(self, fake_loss: dict, dmd_loss: dict | None = None,
                  consistency_loss: dict | None = None,

@@ -50,6 +50,11 @@ class Groups(NamedTuple):
     keys: list[str]  # what seeds a group's shared noise
 
 
+SUBGRPO_KEYS = ('range_start', 'range_end', 'num_train_steps')
+REWARD_ENTRY_KEYS = ('scorer', 'weight')
+MICRO_BATCH_KEYS = ('rollout', 'fake_score', 'generator')
+
+
 @MODELS.register_module()
 class RTDMDDistiller(DistillerBase):
     """Stage-2 distiller (see module docstring).
@@ -81,6 +86,9 @@ class RTDMDDistiller(DistillerBase):
             ``None`` keeps the backbone's own LoRA init.
     """
 
+    dict_arg_keys = {'subgrpo': SUBGRPO_KEYS, 'rewards': {'*': REWARD_ENTRY_KEYS},
+                     'micro_batch': MICRO_BATCH_KEYS}
+
     def __init__(self, backbone: dict, sampler: dict, rewards: dict[str, dict],
                  group_size: int = 16, terms: dict[str, dict | None] | None = None,
                  matching: dict | None = None, subgrpo: dict | None = None,
@@ -94,7 +102,7 @@ class RTDMDDistiller(DistillerBase):
                          data_preprocessor=data_preprocessor)
         self.group_size = group_size
         self.advantage_clip = advantage_clip
-        self.micro_batch = dict(rollout=None, fake_score=None, generator=None)
+        self.micro_batch = dict.fromkeys(MICRO_BATCH_KEYS)
         unknown = set(micro_batch or {}) - set(self.micro_batch)
         if unknown:
             raise TypeError(f'micro_batch got unknown keys {sorted(unknown)}; '
@@ -112,8 +120,8 @@ class RTDMDDistiller(DistillerBase):
                              f'{nonfinite_reward!r}')
         self.loss_normalization = loss_normalization
         self.nonfinite_reward = nonfinite_reward
-        self.subgrpo = dict(range_start=0, range_end=self.sampler.num_steps - 2,
-                            num_train_steps=self.sampler.num_steps - 2)
+        self.subgrpo = dict(zip(SUBGRPO_KEYS, (0, self.sampler.num_steps - 2,
+                                               self.sampler.num_steps - 2), strict=True))
         unknown = set(subgrpo or {}) - set(self.subgrpo)
         if unknown:
             raise TypeError(f'subgrpo got unknown keys {sorted(unknown)}; '
@@ -287,8 +295,8 @@ def _check_rewards(rewards: Mapping[str, Any], bp_terms: list[str]) -> dict:
                          'weight=...)}')
     classes = {}
     for name, spec in rewards.items():
-        if not isinstance(spec, Mapping) or 'scorer' not in spec or set(spec) - {'scorer',
-                                                                              'weight'}:
+        if not isinstance(spec, Mapping) or 'scorer' not in spec or set(spec) - set(
+                REWARD_ENTRY_KEYS):
             raise ValueError(f'rewards.{name} must be dict(scorer=..., weight=...), got '
                              f'{spec!r}')
         classes[name] = bind_reward_config(spec['scorer'])
