@@ -47,14 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     apply_mmengine_patches()
-    from rtdmd.apis.export import export_pipeline, stage_to_export
+    from rtdmd.apis.export import export_pipeline
+    from rtdmd.apis.loading import stage_of
     try:
         cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
         if cfg.get('work_dir') is None:
             cfg.work_dir = 'work_dirs'  # stage configs name their work dirs below it (unused)
         check_stage_options(cfg, args.cfg_options)
         if cfg.get('stages'):
-            cfg = stage_to_export(cfg, args.stage, args.cfg_options)
+            cfg = stage_of(cfg, args.stage, args.cfg_options)
         elif args.stage:
             raise ConfigError([f'--stage {args.stage}: the config has no stages'])
     except (ConfigError, FileNotFoundError, KeyError) as err:

@@ -19,6 +19,7 @@ real Qwen3-4B / CLIP + T5-XXL); ``--scale tiny``: a CPU smoke test. See docs/get
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -145,6 +146,61 @@ def measure(rows: list[dict], model: str, phase: str, device: torch.device,
     return out
 
 
+class PhaseRecorder:
+    """Per named phase of an update (``DistillerBase.phase``): seconds, peak memory, FLOPs
+    (``FlopCounterMode``, 1 multiply-add = 2 FLOPs) and model FLOP utilisation against
+    ``peak_tflops``; one row per phase, summed over its micro-batches."""
+
+    def __init__(self, model: str, stage: str, device: torch.device, peak_tflops: float
+                 ) -> None:
+        self.model, self.stage, self.device, self.peak = model, stage, device, peak_tflops
+        self.totals: dict[str, dict] = {}
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        if self.depth:  # a phase inside a phase is counted by the outer one
+            yield
+            return
+        cuda = self.device.type == 'cuda'
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        counter = FlopCounterMode(display=False)
+        start = time.perf_counter()
+        self.depth += 1
+        try:
+            with counter:
+                yield
+        finally:
+            self.depth -= 1
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            peak = (torch.cuda.max_memory_allocated(self.device) if cuda else
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+            row = self.totals.setdefault(name, dict(seconds=0.0, flops=0, peak_gib=0.0,
+                                                    calls=0))
+            row['seconds'] += seconds
+            row['flops'] += counter.get_total_flops()
+            row['peak_gib'] = max(row['peak_gib'], peak)
+            row['calls'] += 1
+
+    def rows(self) -> list[dict]:
+        out = []
+        for name, row in self.totals.items():
+            tflops = row['flops'] / 1e12
+            mfu = tflops / row['seconds'] / self.peak if row['seconds'] > 0 else 0.0
+            out.append(dict(model=self.model, phase=f'{self.stage}/{name}',
+                            seconds=row['seconds'], peak_gib=row['peak_gib'], tflop=tflops,
+                            mfu=mfu, calls=row['calls']))
+            print(f'{self.model:<16}{self.stage + "/" + name:<32}{row["seconds"]:>9.3f}'
+                  f'{row["peak_gib"]:>9.2f}{tflops:>10.2f}{100 * mfu:>7.1f}%', flush=True)
+        return out
+
+
 def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argparse.Namespace,
               rows: list[dict], save: str | None) -> None:
     """Build the stage's distiller, time ``args.iters`` train steps, optionally save its LoRA."""
@@ -165,6 +221,13 @@ def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argpar
     distiller.train()
     measure(rows, model, 'stage1_iteration' if stage == 'stage1' else 'stage2_policy_step',
             device, lambda: distiller.train_step(data, optim), args.iters)
+    # One more step, phase by phase (FLOP counting slows it: not part of the timings above).
+    recorder = PhaseRecorder(model, stage, device, args.peak_tflops)
+    distiller.phase_recorder = recorder
+    distiller.train_step(data, optim)
+    distiller.phase_recorder = None
+    print(f'{"model":<16}{"phase":<32}{"seconds":>9}{"peak GiB":>9}{"TFLOP":>10}{"MFU":>8}')
+    rows.extend(recorder.rows())
     if save:  # the state dict holds the LoRA weights only
         torch.save({'state_dict': {k: v.cpu() for k, v in distiller.state_dict().items()}}, save)
 
@@ -207,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--scale', choices=['full', 'tiny'], default='full')
     parser.add_argument('--tmpdir', help='where the random snapshots go (default: system temp)')
     parser.add_argument('--out', help='also write the rows as JSON here')
+    parser.add_argument('--peak-tflops', type=float, default=989.0,
+                        help='dense bf16 peak for the utilisation (H100/H200 SXM: 989)')
     args = parser.parse_args(argv)
     if args.batch % args.group_size or args.iters < 1:
         parser.error('--batch must be a multiple of --group-size, and --iters >= 1')

@@ -6,7 +6,7 @@
 The config is validated as by tools/train.py; model, optimizer wrappers and train dataloader are
 built without a Runner (nothing is written). Printed: seconds per ``train_step`` (mean and std
 after W warm-up iterations; the generator updates only every ``fake_update_ratio`` of them, so
-the mean mixes both kinds), samples/s, peak memory (CUDA ``max_memory_allocated``, else the max
+the mean mixes both kinds), samples/s (a stage-2 step's samples are prompts x K), peak memory (CUDA ``max_memory_allocated``, else the max
 RSS of the process, build included), parameters per role, and the FLOPs of one generator forward
 at the config's batch size from fvcore (1 multiply-add = 1 flop) and from torch's
 ``FlopCounterMode`` (1 multiply-add = 2 flops), with the ops fvcore skipped.
@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
                                      seed=cfg.get('randomness', {}).get('seed'))
     batches = chain.from_iterable(repeat(loader))  # a finite sampler restarts
     first = next(batches)
-    batch_size = len(model.data_preprocessor(first, False)['prompt'])
+    prompts = len(model.data_preprocessor(first, False)['prompt'])
+    # A stage-2 step generates group_size (K) samples per prompt: those are its samples.
+    batch_size = prompts * int(getattr(model, 'group_size', 1))
     times = time_train_steps(model, optim_wrapper, batches, args.iters, args.warmup, device)
     memory = peak_memory(device)
     model.eval()

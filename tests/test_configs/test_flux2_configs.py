@@ -58,7 +58,8 @@ def test_stage1_hyperparameters(size: str) -> None:
     model = cfg.model
     assert model.type == 'ACDMDDistiller' and model.fake_update_ratio == 10
     match = model.matching
-    assert match.type == 'RandomStopMatching' and match.sub_interval  # AC-DMD, random stop
+    assert match.type == 'RandomStopMatching'  # AC-DMD, random stop
+    assert match.get('sub_interval', True)  # the class's default: the sub-interval
     assert match.consistency_loss.loss_weight == 0.01 and match.consistency_max_jump == 200
     assert dict(match.renoise) == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
     for role in ('generator', 'fake_score'):
@@ -87,6 +88,8 @@ def test_stage2_hyperparameters(size: str, consistency: bool, save_every: int) -
     assert model.terms.policy.clip_low == model.terms.policy.clip_high == 1e-5
     assert dict(model.subgrpo) == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0 and model.sampler.eta == 0.9
+    # the release's stage-2 recipe: loss / (sub-batches x trained steps), a fresh N(0, 1) LoRA
+    assert model.loss_normalization == 'per_step' and model.fresh_lora_std == 1.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)
     assert {k: (v.scorer.type, v.weight) for k, v in model.rewards.items()} == {
         'clipscore': ('CLIPScore', 1.0), 'hpsv2': ('HPSv2', 1.0),
@@ -100,7 +103,7 @@ def test_stage2_hyperparameters(size: str, consistency: bool, save_every: int) -
     assert cfg.train_cfg.max_iters == 1000
     assert cfg.default_hooks.checkpoint.interval == save_every
     (ema,) = cfg.custom_hooks
-    assert ema.decay == 0.9 and ema.interval == 8 and ema.warmup
+    assert ema.decay == 0.9 and ema.interval == 8 and ema.warmup and ema.sub_batches == 16
     assert [s['name'] for s in cfg.stages] == ['ac_dmd', 'rtdmd']
     assert cfg.stages[0]['config'] == f'../ac_dmd/flux2_klein_{size.lower()}_4step.py'
     assert cfg.stages[1]['init_from'] == 'ac_dmd'

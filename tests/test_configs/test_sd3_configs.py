@@ -48,7 +48,8 @@ def test_stage1_config(name: str) -> None:
     assert match.teacher_guidance == MODELS[name]['cfg']
     assert model.sampler.step_list == [1000, 750, 500, 250] and model.sampler.eta == 0.9
     assert model.fake_update_ratio == 10
-    assert match.type == 'RandomStopMatching' and match.sub_interval  # AC-DMD, random stop
+    assert match.type == 'RandomStopMatching'  # AC-DMD, random stop
+    assert match.get('sub_interval', True)  # the class's default: the sub-interval
     assert match.renoise == dict(offset=10.0, end=1000.0, min_step=20.0, max_step=980.0)
     assert match.consistency_loss.loss_weight == 0.01 and match.consistency_max_jump == 200
     assert match.fake_loss.move_scale_out and match.fake_loss.max_weight == 10.0
@@ -89,6 +90,8 @@ def test_stage2_config_and_its_pipeline(name: str) -> None:
     assert model.matching.consistency_loss.loss_weight == 0.01  # on for SD3-M and SD3.5-M
     assert model.subgrpo == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
+    # the release's stage-2 recipe: loss / (sub-batches x trained steps), a fresh N(0, 1) LoRA
+    assert model.loss_normalization == 'per_step' and model.fresh_lora_std == 1.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)
     assert {k: (v.scorer.type, v.weight) for k, v in model.rewards.items()} == {
         'clipscore': ('CLIPScore', 1.0), 'hpsv2': ('HPSv2', 1.0),
@@ -97,7 +100,7 @@ def test_stage2_config_and_its_pipeline(name: str) -> None:
     assert generator.optimizer.lr == 3e-6 and generator.optimizer.weight_decay == 1e-4
     assert fake.optimizer.lr == 3e-5 and generator.clip_grad.max_norm == 1.0
     assert cfg.custom_hooks == [dict(type='TrainableEMAHook', role='generator', decay=0.9,
-                                     interval=8, warmup=True)]
+                                     interval=8, warmup=True, sub_batches=16)]
     assert cfg.train_dataloader.batch_size == spec['prompts_per_gpu']
     assert cfg.train_dataloader.dataset.path == 'geneval_metadata.jsonl'
     assert cfg.train_dataloader.dataset.require_metadata

@@ -72,3 +72,29 @@ def test_warmup_decay_and_interval(tiny_backbone_cfg: dict) -> None:
     runner.iter = 1
     hook.after_train_iter(runner, 1)            # decay min((1+1)/(10+1), 0.9) = 2/11
     torch.testing.assert_close(hook.ema['out.weight'], start + (1 - 2 / 11))
+
+
+def test_sub_batch_cadence_replays_the_release_loop(tiny_backbone_cfg: dict) -> None:
+    """The release calls its EMA after each of 16 sub-batches with the epoch counter s gating
+    ((s + 1) % 8) and s moving on at the last one; the hook's two pulls per epoch replay it."""
+    from rtdmd.functional.ema import ema_warmup_decay
+
+    runner = _runner(tiny_backbone_cfg)
+    gen = runner.model.backbone.generator
+    hook = TrainableEMAHook(decay=0.9, interval=8, warmup=True, sub_batches=16)
+    hook.before_train(runner)
+    ema = gen.out.weight.detach().clone()  # the release's loop, by hand
+    for epoch in range(20):
+        runner.iter = epoch
+        hook.before_train_iter(runner, epoch)
+        for b in range(16):
+            if b == 15:  # the optimizer step, then the counter moves on
+                with torch.no_grad():
+                    gen.out.weight.add_(0.1 * (epoch + 1))
+            s = epoch + 1 if b == 15 else epoch
+            if (s + 1) % 8 == 0:
+                d = ema_warmup_decay(s, 0.9)
+                ema = d * ema + (1 - d) * gen.out.weight.detach()
+        hook.after_train_iter(runner, epoch)
+        torch.testing.assert_close(hook.ema['out.weight'], ema, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ema, gen.out.weight)  # it did lag behind

@@ -56,11 +56,17 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 
 
 def _delta(model, data, **chunks) -> dict[str, torch.Tensor]:
-    """The update of one epoch with the given micro-batch sizes."""
+    """The update of one epoch with the given micro-batch sizes (one thread: CPU reductions
+    split over threads by a busy machine's scheduler would add run-to-run noise)."""
     model = copy.deepcopy(model)
     model.micro_batch.update(chunks)
     before = _trainable(model)
-    model.train_step(data, _sgd(model))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.train_step(data, _sgd(model))
+    finally:
+        torch.set_num_threads(threads)
     return {k: v - before[k] for k, v in _trainable(model).items()}
 
 
@@ -102,6 +108,7 @@ def _image_model(family: str, root: Path):
         matching=_matching(), subgrpo=dict(range_start=0, range_end=2, num_train_steps=2)))
     for role in ('generator', 'fake_score'):
         randomize_lora(getattr(model.backbone, role), seed=len(role))
+    model.backbone_cfg_for_test = backbone
     return model
 
 
@@ -128,10 +135,11 @@ def test_per_step_normalisation_divides_the_summed_objective(tiny_backbone_cfg: 
                         for n in ('per_step', 'sum'))
     del model
     for key in per_step:
-        if key.startswith('generator.'):
-            torch.testing.assert_close(per_step[key] * 4, summed[key], rtol=1e-4, atol=1e-8)
-        else:  # the fake score's update is a plain mean in both
-            torch.testing.assert_close(per_step[key], summed[key], rtol=1e-5, atol=1e-8)
+        scale = 4 if key.startswith('generator.') else 1  # the fake update is a mean in both
+        # the passes' float32 gradients partly cancel (measured up to 1e-4 of the update's max)
+        tol = 1e-3 * float(summed[key].abs().max())
+        assert float(summed[key].abs().max()) > 0, key
+        torch.testing.assert_close(per_step[key] * scale, summed[key], rtol=0, atol=tol)
 
 
 def test_a_non_finite_reward_drops_its_sample_or_stops(tiny_backbone_cfg: dict) -> None:
@@ -225,3 +233,36 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path: Path) -> N
     one = {k: v - before[k] for k, v in _trainable(model).items()}
     _assert_same(out['delta_0'], one, rtol=1e-4, atol=1e-7)
     _assert_same(out['delta_1'], one, rtol=1e-4, atol=1e-7)
+
+
+def test_stage2_starts_a_fresh_std1_lora_over_a_frozen_stage1_one(tmp_path: Path) -> None:
+    """The release's warm start: stage 1's LoRA frozen under a fresh one with lora_A ~ N(0, 1)
+    and lora_B = 0, for both networks; teacher calls (adapters disabled, then re-enabled) must
+    not make the frozen adapter trainable: after an epoch it has requires_grad False, no
+    gradient, and its values unchanged."""
+    model = _image_model('sd3', tmp_path)
+    stage1 = tmp_path / 'stage1.pth'
+    torch.save({'state_dict': model.state_dict()}, stage1)
+    cfg = dict(type='RTDMDDistiller', backbone=model.backbone_cfg_for_test,
+               sampler=dict(type='CPSSampler', eta=0.9),
+               rewards=dict(bright=dict(scorer=dict(type='ImageBrightnessReward'))),
+               group_size=2, terms=TERMS, matching=_matching(), init_checkpoint=str(stage1))
+    stage2 = MODELS.build(cfg)
+    stage2.init_weights()
+    for role in ('generator', 'fake_score'):
+        net = getattr(stage2.backbone, role)
+        a = torch.cat([p.flatten() for n, p in net.named_parameters()
+                       if '.default.' in n and 'lora_A' in n])
+        b = torch.cat([p.flatten() for n, p in net.named_parameters()
+                       if '.default.' in n and 'lora_B' in n])
+        assert abs(float(a.std()) - 1.0) < 0.1 and float(b.abs().max()) == 0, role
+    frozen = {(role, n): p.detach().clone() for role in ('generator', 'fake_score')
+              for n, p in getattr(stage2.backbone, role).named_parameters() if '.stage1.' in n}
+    assert frozen
+    stage2.train_step(dict(prompt=['a red cat', 'two blue dogs'], index=torch.arange(2)),
+                      _sgd(stage2))
+    for role in ('generator', 'fake_score'):
+        for n, p in getattr(stage2.backbone, role).named_parameters():
+            if '.stage1.' in n:
+                assert not p.requires_grad and p.grad is None, n
+                assert torch.equal(p.detach(), frozen[role, n]), n

@@ -50,8 +50,18 @@ def test_tiny_cpu_run_prints_both_models_and_phases(tmp_path: Path) -> None:
         for phase in ('stage1_iteration', 'stage2_policy_step'):
             assert table[model, phase][3] == 'finite', (model, phase)
     rows = json.loads(out.read_text())['rows']
-    assert [(r['model'], r['phase']) for r in rows] == [(m, p) for m in ('flux2_klein_4b', 'sd35m')
-                                                        for p in PHASES]
+    assert [(r['model'], r['phase']) for r in rows if '/' not in r['phase']] == [
+        (m, p) for m in ('flux2_klein_4b', 'sd35m') for p in PHASES]
+    # the per-phase rows of the extra step: every phase of an epoch, with FLOPs where compute
+    per_phase = {(r['model'], r['phase']): r for r in rows if '/' in r['phase']}
+    for model in ('flux2_klein_4b', 'sd35m'):
+        for phase in ('stage1/fake_score_update', 'stage1/generator_update', 'stage2/rollout',
+                      'stage2/decode', 'stage2/rewards', 'stage2/fake_update',
+                      'stage2/generator_step3', 'stage2/generator_optimizer_step'):
+            row = per_phase[model, phase]
+            assert row['seconds'] > 0 and row['peak_gib'] > 0, (model, phase)
+        assert per_phase[model, 'stage2/rollout']['tflop'] > 0
+        assert 0 < per_phase[model, 'stage2/generator_step3']['mfu']
     stage1 = [r['losses'] for r in rows if r['phase'] == 'stage1_iteration']
     assert all('loss_dmd' in s and 'loss_fake_score' in s for s in stage1)  # both updates ran
     stage2 = [r['losses'] for r in rows if r['phase'] == 'stage2_policy_step']

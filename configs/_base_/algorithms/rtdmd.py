@@ -24,6 +24,12 @@ model = dict(
     ),
     subgrpo=dict(range_start=0, range_end=2, num_train_steps=2),
     advantage_clip=5.0,
+    # Samples per forward of each phase (None: the whole local batch, prompts x K); the result
+    # does not depend on them. The real-model leaves set what fits an 80 GB GPU (tools/plan.py).
+    micro_batch=dict(rollout=None, fake_score=None, generator=None),
+    loss_normalization='per_step',  # the release's division by sub-batches x trained steps
+    nonfinite_reward='drop',  # a sample with a non-finite reward leaves the advantages (counted)
+    fresh_lora_std=1.0,  # stage 2's fresh LoRA: lora_A ~ N(0, 1), lora_B = 0, both networks
 )
 optim_wrapper = dict(
     constructor='DistillerOptimWrapperConstructor',
@@ -34,6 +40,7 @@ optim_wrapper = dict(
 )
 # mmengine looks wrappers up in its root registry, hence the scope prefix.
 model_wrapper_cfg = dict(type='rtdmd.DistillerDataParallel', find_unused_parameters=True)
-# Parameter-level EMA with warm-up decay min((1 + s) / (10 + s), 0.9), every 8 steps.
+# Parameter-level EMA with warm-up decay min((1 + s) / (10 + s), 0.9), every 8 steps, called as
+# the release does after each of an epoch's 16 sub-batches (see TrainableEMAHook.sub_batches).
 custom_hooks = [dict(type='TrainableEMAHook', role='generator', decay=0.9, interval=8,
-                     warmup=True)]
+                     warmup=True, sub_batches=16)]

@@ -24,6 +24,13 @@ class TrainableEMAHook(Hook):
         interval: update every this many iterations.
         warmup: use the warm-up decay ``min((1 + s) / (10 + s), decay)`` (the RL stage's).
         begin_iter: first iteration that updates the EMA.
+        sub_batches: the release's stage-2 cadence when > 1 (ALGORITHM.md 4.8): it calls its EMA
+            after each of an epoch's ``sub_batches`` backward passes with the epoch counter
+            ``s`` gating (``(s + 1) % interval == 0``), and ``s`` moves on only at the last one.
+            So in a gated epoch the EMA is pulled ``sub_batches - 1`` times towards the weights
+            before the optimizer step (decay of ``s``), and once more after the step of the
+            epoch before a gated one (decay of ``s + 1``). 1: one pull per gated iteration,
+            after its step.
 
     The EMA lives in the checkpoint under ``'ema_state'`` (parameter name -> tensor). It starts
     from the live weights in ``before_train``, after the Runner has initialised the model
@@ -34,9 +41,13 @@ class TrainableEMAHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self, role: str = 'generator', decay: float = 0.99, interval: int = 1,
-                 warmup: bool = False, begin_iter: int = 0) -> None:
+                 warmup: bool = False, begin_iter: int = 0, sub_batches: int = 1) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f'decay must lie in [0, 1), got {decay}')
+        if sub_batches < 1 or interval < 1:
+            raise ValueError(f'sub_batches and interval must be >= 1, got {sub_batches}, '
+                             f'{interval}')
+        self.sub_batches = sub_batches
         self.role = role
         self.decay = decay
         self.interval = interval
@@ -59,14 +70,31 @@ class TrainableEMAHook(Hook):
         # resumed EMA (after_load_checkpoint) must not be overwritten.
         self._ensure_initialised(runner)
 
+    def _decay(self, step: int) -> float:
+        return ema_warmup_decay(step, self.decay) if self.warmup else self.decay
+
+    def _pull(self, runner: Any, decay: float) -> None:
+        params = self._params(runner)
+        ema_update_([self.ema[n] for n in params], list(params.values()), decay)
+
+    def _gated(self, step: int) -> bool:
+        return step >= self.begin_iter and (step + 1) % self.interval == 0
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        step = runner.iter
+        if self.sub_batches > 1 and self._gated(step):
+            # sub_batches - 1 pulls towards the same pre-step weights: decay ** (n - 1) at once
+            self._pull(runner, self._decay(step) ** (self.sub_batches - 1))
+
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
                          outputs: Any = None) -> None:
         step = runner.iter  # iterations finished before this one
-        if step < self.begin_iter or (step + 1) % self.interval or iteration_skipped(runner):
+        if iteration_skipped(runner):
             return
-        decay = ema_warmup_decay(step, self.decay) if self.warmup else self.decay
-        params = self._params(runner)
-        ema_update_([self.ema[n] for n in params], list(params.values()), decay)
+        if self.sub_batches == 1 and self._gated(step):
+            self._pull(runner, self._decay(step))
+        elif self.sub_batches > 1 and self._gated(step + 1):  # the epoch counter has moved on
+            self._pull(runner, self._decay(step + 1))
 
     def swap(self, runner: Any) -> None:
         """Exchange live and EMA weights (call twice to undo)."""

@@ -83,14 +83,21 @@ class DistillerBase(BaseModel):
         return UpdateContext(self.backbone, self.sampler, cond,
                              StreamDraws(*self.streams(step, tag), condition_batch_size(cond)))
 
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        """A named phase of an update (rollout, decode, rewards, a backward pass, the optimizer
+        step): nothing, unless ``phase_recorder`` is set (``tools/gpu_check.py`` measures time,
+        memory and FLOPs per phase with one)."""
+        recorder = getattr(self, 'phase_recorder', None)
+        return recorder(name) if recorder is not None else contextlib.nullcontext()
+
     def _update(self, role: str, compute: Callable[[], dict[str, Tensor]],
                 optim_wrapper: OptimWrapperDict) -> dict[str, Tensor]:
         """One optimizer step of ``role`` on the terms ``compute`` returns."""
-        return self.update(role, [lambda: (compute(), 1.0)], optim_wrapper)
+        return self.update(role, [(f'{role}_update', lambda: (compute(), 1.0))], optim_wrapper)
 
-    def update(self, role: str, passes: Sequence[Callable[[], tuple[dict[str, Tensor], float]]],
+    def update(self, role: str, passes: Sequence[tuple[str, Callable[[], tuple[dict, float]]]],
                optim_wrapper: OptimWrapperDict) -> dict[str, Tensor]:
-        """One optimizer step of ``role`` accumulated over backward passes.
+        """One optimizer step of ``role`` accumulated over named backward passes.
 
         Each pass returns ``(terms, weight)``: its ``loss_*`` terms are summed on purpose,
         scaled by ``weight`` (its micro-batch's share of the batch, and any normalisation) and
@@ -103,16 +110,18 @@ class DistillerBase(BaseModel):
             return {}
         wrapper, net = optim_wrapper[role], self.backbone.net(role)
         logged: dict[str, Tensor] = {}
-        for i, run in enumerate(passes):
-            with wrapper.optim_context(net), gradient_sync(net, i == len(passes) - 1):
+        for i, (name, run) in enumerate(passes):
+            with self.phase(name), wrapper.optim_context(net), gradient_sync(
+                    net, i == len(passes) - 1):
                 terms, weight = run()
                 total = sum(v for k, v in terms.items() if k.startswith('loss_'))
                 if isinstance(total, Tensor) and total.requires_grad:
                     wrapper.backward(total * weight)
-            for name, value in terms.items():
-                logged[name] = logged.get(name, 0.0) + weight * value.detach().float()
-        wrapper.step()
-        wrapper.zero_grad()
+            for key, value in terms.items():
+                logged[key] = logged.get(key, 0.0) + weight * value.detach().float()
+        with self.phase(f'{role}_optimizer_step'):
+            wrapper.step()
+            wrapper.zero_grad()
         logged[f'loss_{role}'] = sum(v for k, v in logged.items() if k.startswith('loss_'))
         return logged
 

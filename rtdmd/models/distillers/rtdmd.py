@@ -217,9 +217,12 @@ class RTDMDDistiller(DistillerBase):
             part = ctx.slice(a, b)
             noise = GroupSharedNoise(DrawsNoise(draws.slice(a, b), 'rollout'),
                                      ctx.groups.keys[a:b], epoch, shared)
-            parts.append(self.sampler.rollout(self.backbone, part.cond, noise))
-            scores.append(self.reward.score_all(self.backbone.decode(parts[-1].sample),
-                                                part.prompts, part.metadata))
+            with self.phase('rollout'):
+                parts.append(self.sampler.rollout(self.backbone, part.cond, noise))
+            with self.phase('decode'):
+                images = self.backbone.decode(parts[-1].sample)
+            with self.phase('rewards'):
+                scores.append(self.reward.score_all(images, part.prompts, part.metadata))
         return Rollout.cat(parts), {n: torch.cat([s[n] for s in scores]) for n in scores[0]}
 
     def fake_passes(self, ctx: EpochContext, rollout: Rollout) -> list:
@@ -229,7 +232,8 @@ class RTDMDDistiller(DistillerBase):
         def run(a: int, b: int):
             return self.matching.fake_losses(ctx.slice(a, b), rollout.slice(a, b)), (b - a) / n
 
-        return [partial(run, a, b) for a, b in chunk_bounds(n, self.micro_batch['fake_score'])]
+        return [('fake_update', partial(run, a, b))
+                for a, b in chunk_bounds(n, self.micro_batch['fake_score'])]
 
     def generator_passes(self, ctx: EpochContext, rollout: Rollout) -> list:
         """One backward pass per ``generator`` micro-batch and trained step (every term that
@@ -254,8 +258,9 @@ class RTDMDDistiller(DistillerBase):
             return ({} if loss is None else {f'loss_{term.name}': loss}), (b - a) / n / norm
 
         for a, b in chunk_bounds(n, self.micro_batch['generator']):
-            passes += [partial(at_step, a, b, j) for j in steps]
-            passes += [partial(own_rollout, a, b, term) for term in own]
+            passes += [(f'generator_step{j}', partial(at_step, a, b, j)) for j in steps]
+            passes += [(f'generator_{term.name}_rollout', partial(own_rollout, a, b, term))
+                       for term in own]
         return passes
 
     def step_view(self, ctx: EpochContext, rollout: Rollout, j: int) -> StepView:
