@@ -6,7 +6,8 @@
 The config is validated as by tools/train.py; model, optimizer wrappers and train dataloader are
 built without a Runner (nothing is written). Printed: seconds per ``train_step`` (mean and std
 after W warm-up iterations; the generator updates only every ``fake_update_ratio`` of them, so
-the mean mixes both kinds), samples/s (a stage-2 step's samples are prompts x K), peak memory (CUDA ``max_memory_allocated``, else the max
+the mean mixes both kinds), samples/s (a stage-2 step's samples are prompts x K), peak
+memory (CUDA ``max_memory_allocated``, else the max
 RSS of the process, build included), parameters per role, and the FLOPs of one generator forward
 at the config's batch size from fvcore (1 multiply-add = 1 flop) and from torch's
 ``FlopCounterMode`` (1 multiply-add = 2 flops), with the ops fvcore skipped.

@@ -124,12 +124,30 @@ def _install(faults: list[Any]) -> None:
     os.replace = faulty_replace
 
 
+def _redirect_loggers() -> None:
+    """Point every console handler the parent created (mmengine's loggers among them) at this
+    child's log: a logger made by an earlier test would otherwise still write to the parent's
+    (captured) stream."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    loggers = [logging.getLogger(), *MMLogger._instance_dict.values(),
+               *(lg for lg in logging.Logger.manager.loggerDict.values()
+                 if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setStream(sys.stdout)  # both descriptors lead to the log
+
+
 def _child(main: Any, argv: list[str], faults: list[Any], log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, 'w', buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, 'w', buffering=1, closefd=False)
+    _redirect_loggers()
     _install(faults)
     try:
         main(argv)

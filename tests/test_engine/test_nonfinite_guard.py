@@ -124,7 +124,8 @@ def test_the_ema_leaves_a_skipped_iteration_untouched(tiny_backbone_cfg: dict) -
 
     model = MODELS.build(dict(
         type='ACDMDDistiller', backbone=tiny_backbone_cfg, sampler=dict(type='CPSSampler'),
-        dmd_loss=dict(type='DMDLoss'), fake_loss=dict(type='AmbientDSMLoss')))
+        matching=dict(type='RandomStopMatching', dmd_loss=dict(type='DMDLoss'),
+                      fake_loss=dict(type='AmbientDSMLoss'))))
     wrapper = _wrapper(model.backbone.generator)
     wrapper.role = 'generator'
     runner = SimpleNamespace(model=model, iter=0, optim_wrapper=OptimWrapperDict(
@@ -147,7 +148,8 @@ def test_a_resumed_ema_is_not_overwritten_in_before_train(tiny_backbone_cfg: dic
 
     model = MODELS.build(dict(
         type='ACDMDDistiller', backbone=tiny_backbone_cfg, sampler=dict(type='CPSSampler'),
-        dmd_loss=dict(type='DMDLoss'), fake_loss=dict(type='AmbientDSMLoss')))
+        matching=dict(type='RandomStopMatching', dmd_loss=dict(type='DMDLoss'),
+                      fake_loss=dict(type='AmbientDSMLoss'))))
     runner = SimpleNamespace(model=model, iter=0)
     saved = {n: p.detach() + 3.0 for n, p in model.backbone.generator.named_parameters()}
     hook = TrainableEMAHook()

@@ -113,7 +113,8 @@ def test_shared_stream_is_rank_independent_local_stream_is_not(
 
 def test_guidance_range_is_drawn_inside_its_bounds(tiny_backbone_cfg: dict) -> None:
     model = _distiller(tiny_backbone_cfg, matching=dict(teacher_guidance=(2.0, 4.0)))
-    draws = [model.matching.draw_guidance(model.streams(i, 'g')[0]) for i in range(100)]
+    cond = model.backbone.encode_prompts(torch.tensor([0]))
+    draws = [model.matching.draw_guidance(model.context(cond, i, 'g')) for i in range(100)]
     assert 2.0 <= min(draws) < 2.3 and 3.7 < max(draws) <= 4.0
 
 
