@@ -9,7 +9,10 @@ World ``seed`` (``rtdmd.evaluation.worlds.draw_world``) runs in ``<work_dir>/wor
    ``python tools/train.py <work_dir>/world_<seed>/config.py`` reproduces the world's run;
 2. the pipeline's stages (finished stages are skipped, an interrupted one resumes);
 3. the evaluation against exact truth of the teacher, stage 1 and stage 2 (at every requested
-   multiple of stage 2's epochs) and the pass criteria (``rtdmd.evaluation.robustness``), in
+   multiple of stage 2's epochs): ``MODEL_SETS`` sets of the pipeline's ``N`` samples per class
+   and model, ``REFERENCE_DRAWS`` exact reference sets, off-support at the 1% quantile (so a
+   perfect model's SW2 ratio is 1 within about 0.05, and its off-support ratio 1 within about
+   0.1); then the pass criteria (``rtdmd.evaluation.robustness``), in
    ``result.json`` (written atomically; a world with one is finished and not run again).
 
 ``run.json`` records a fingerprint of the resolved stage configs; a work dir that holds results
@@ -41,7 +44,10 @@ from .pipeline import check_pipeline, run_stage
 from .stage_evaluation import EVALUATION_DEFAULTS, load_generator
 from .stages import latest_checkpoint, split_stage_options, stage_config
 
+# Evaluation settings of the benchmark (the pipeline's N, projections and seed are kept):
 OFF_SUPPORT_QUANTILE = 0.01  # 1%: ~100 exact samples per class below it, a stable reference
+MODEL_SETS = 4  # sets of N samples per class and model, SW2 averaged over them
+REFERENCE_DRAWS = 10  # exact reference sets per class; the floor averages all their pairs
 
 
 def pipeline_stages(cfg: Config) -> tuple[dict, dict]:
@@ -174,7 +180,7 @@ def _evaluate(cfg: Config, spec: WorldSpec, options: dict, stage1: dict, stage2:
     teacher = GaussianMixtureTeacher.from_world(cfg.world.to_dict())
     reward = REWARDS.build(cfg.reward)
     n = settings['samples_per_class']
-    classes = torch.arange(teacher.num_classes).repeat_interleave(n)
+    classes = torch.arange(teacher.num_classes).repeat_interleave(n * MODEL_SETS)
     gen = torch.Generator().manual_seed(settings['seed'] + 7)
     samples = {'teacher': (teacher.sample(classes, gen), classes)}
     checkpoints = {stage1['name']: (stage1, None)}
@@ -187,12 +193,12 @@ def _evaluate(cfg: Config, spec: WorldSpec, options: dict, stage1: dict, stage2:
         samples[row] = (model.generate(classes, seed=settings['seed']), classes)
     metrics = evaluate_models(
         teacher, reward, samples, beta=settings['beta'], beta_grid_max=spec.beta_grid_max,
-        num_projections=settings['num_projections'], reference_draws=settings['reference_draws'],
+        num_projections=settings['num_projections'], reference_draws=REFERENCE_DRAWS,
         seed=settings['seed'], out_dir=osp.join(cfg.work_dir, 'eval'),
-        off_support_quantile=OFF_SUPPORT_QUANTILE)
+        off_support_quantile=OFF_SUPPORT_QUANTILE, set_size=n)
     rows2 = stage2_rows(stage2['name'], multiples)
     checks = world_checks(metrics, stage1['name'], rows2, spec.beta_grid_max,
-                          n * teacher.num_classes, crit)
+                          n * MODEL_SETS * teacher.num_classes, crit)
     return dict(metrics=metrics, checks=checks)
 
 
