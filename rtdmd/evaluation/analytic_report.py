@@ -7,14 +7,22 @@ Per model and class (``N`` samples), averaged over classes:
   size ``N`` (what a perfect model scores);
 - ``mode_tv_teacher``: total variation between the sample mode weights (histogram of the argmax
   teacher posterior at ``sigma = 0``) and the teacher's class weights;
-- ``off_support``: fraction of samples whose teacher log-density is below the 0.1% quantile of
-  the log-density of exact teacher samples (``(reference_draws + 1) N`` of them);
+- ``off_support``: fraction of samples whose teacher log-density is below the
+  ``off_support_quantile`` (0.1% by default) quantile of the log-density of exact teacher samples
+  (``(reference_draws + 1) N`` of them);
 - with a reward: ``mean_reward``; ``sw2_target`` (to the exact tilted target at the configured
   ``beta``); ``beta_hat`` (the best-fitting member of the exact tilted family, searched on
   ``[0, beta_grid_max]`` with common random numbers), ``beta_hat_at_bound``, ``sw2_family``
   (SW2 at ``beta_hat`` to fresh reference sets, so the argmin does not bias it low),
   ``mean_reward_target`` (exact mean reward at ``beta_hat``) and ``mode_tv_target`` (TV to the
-  mode weights of exact samples at ``beta_hat``, same assignment rule).
+  mode weights of exact samples at ``beta_hat``, same assignment rule); and, from the same fresh
+  exact sets at ``beta_hat``, what a perfect member would score: ``sw2_floor_family`` (SW2
+  between them), ``off_support_target`` (their off-support fraction under the teacher's
+  threshold; a strong tilt legitimately leaves the teacher's support) and ``reward_std_target``
+  (the spread of the reward under the member).
+
+Nothing here assumes two dimensions: projections, densities and the tilted family work in any
+``d`` (only the figure shows a 2-D view).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from .tilted import TiltedSampler, exact_mean_reward, sample_tilted, tilted_mixt
 
 COLUMNS = ('sw2_teacher', 'sw2_floor', 'mode_tv_teacher', 'off_support', 'mean_reward',
            'sw2_target', 'beta_hat', 'beta_hat_at_bound', 'sw2_family', 'mean_reward_target',
-           'mode_tv_target')
+           'mode_tv_target', 'sw2_floor_family', 'off_support_target', 'reward_std_target')
 GRID_SIZE = 16          # geometric grid points in [beta_max / 1000, beta_max], plus beta = 0
 GRID_RANGE = 1e-3
 GOLDEN_ITERS = 10       # shrinks the bracket (two grid cells, ~0.95 beta) by 0.618^10 ~ 0.008
@@ -59,6 +67,18 @@ def _sorted_proj(x: Tensor, projections: Tensor) -> np.ndarray:
 def _sw2(px: np.ndarray, py: np.ndarray) -> float:
     """SW2 between two sets already projected and sorted (as ``sliced_wasserstein2``)."""
     return float(np.sqrt(np.mean((px - py) ** 2)))
+
+
+def _mean_sw2(xs: list[np.ndarray], ys: list[np.ndarray]) -> float:
+    """Mean SW2 over every pair of a set of ``xs`` and a set of ``ys``."""
+    return float(np.mean([_sw2(x, y) for x in xs for y in ys]))
+
+
+def _pairwise_sw2(sets: list[np.ndarray]) -> float:
+    """Mean SW2 over all pairs of distinct sets: the floor of exact sets of this size. One
+    set against the others would make the floor as noisy as a single model's SW2 (a mode's
+    count fluctuates by ~sqrt(N w), which moves SW2 by +-25% at N = 4096)."""
+    return float(np.mean([_sw2(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]))
 
 
 def mode_weights(teacher: GaussianMixtureTeacher, x: Tensor, class_id: int) -> Tensor:
@@ -120,9 +140,10 @@ class _References:
 
     def __init__(self, teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
                  projections: Tensor, draws: int, seed: int, beta: float | None,
-                 beta_max: float) -> None:
+                 beta_max: float, off_support_quantile: float = OFF_SUPPORT_QUANTILE) -> None:
         self.teacher, self.reward, self.projections = teacher, reward, projections
         self.draws, self.seed, self.beta, self.beta_max = draws, seed, beta, beta_max
+        self.quantile = off_support_quantile
         self._cache: dict[tuple, object] = {}
 
     def _cached(self, key: tuple, build: Callable[[], object]) -> object:
@@ -141,7 +162,7 @@ class _References:
             pooled = torch.cat(sets)
             log_p = self.teacher.log_prob(pooled, 0.0, torch.full((pooled.shape[0],), c))
             return ([_sorted_proj(s, self.projections) for s in sets],
-                    torch.quantile(log_p, OFF_SUPPORT_QUANTILE))
+                    torch.quantile(log_p, self.quantile))
         return self._cached(('teacher', c, n), build)
 
     def target_sets(self, c: int, n: int) -> list[np.ndarray]:
@@ -158,6 +179,12 @@ class _References:
             TiltedSampler(self.teacher, self.reward, c, n, self.beta_max, self._gen(c, 200 + j))
             for j in range(SEARCH_DRAWS)])
 
+    def off_support(self, x: Tensor, c: int, n: int) -> float:
+        """Fraction of ``x`` below class ``c``'s log-density threshold (NaN counts as off)."""
+        _, threshold = self.teacher_sets(c, n)
+        log_p = self.teacher.log_prob(x, 0.0, torch.full((x.shape[0],), c, dtype=torch.long))
+        return float((~(log_p >= threshold)).double().mean())
+
     def family_samples(self, c: int, n: int, beta: float) -> list[Tensor]:
         """Fresh exact sets at ``beta`` (independent of the search's random numbers)."""
         gen, cls = self._gen(c, 300), torch.full((n,), c, dtype=torch.long)
@@ -165,34 +192,36 @@ class _References:
                 for _ in range(self.draws)]
 
 
-def _teacher_metrics(refs: _References, x: Tensor, px: np.ndarray, c: int) -> dict[str, float]:
-    """Metrics of one class's samples ``x`` (sorted projections ``px``) against the teacher."""
-    n, teacher = x.shape[0], refs.teacher
-    sets, threshold = refs.teacher_sets(c, n)
-    log_p = teacher.log_prob(x, 0.0, torch.full((n,), c, dtype=torch.long))
-    out = dict(sw2_teacher=float(np.mean([_sw2(px, s) for s in sets[1:]])),
-               sw2_floor=float(np.mean([_sw2(sets[0], s) for s in sets[1:]])),
+def _teacher_metrics(refs: _References, x: Tensor, pxs: list[np.ndarray], c: int
+                     ) -> dict[str, float]:
+    """Metrics of one class's samples ``x`` (its sets' sorted projections ``pxs``, each of
+    ``n`` samples) against the teacher; SW2 figures are means over the sets."""
+    n, teacher = pxs[0].shape[1], refs.teacher
+    sets, _ = refs.teacher_sets(c, n)
+    out = dict(sw2_teacher=_mean_sw2(pxs, sets[1:]), sw2_floor=_pairwise_sw2(sets),
                mode_tv_teacher=_tv(mode_weights(teacher, x, c), teacher.weights[c]),
-               off_support=float((~(log_p >= threshold)).double().mean()))  # NaN counts as off
+               off_support=refs.off_support(x, c, n))
     if refs.reward is not None:
         with torch.no_grad():
             out['mean_reward'] = float(refs.reward(x.float()).double().mean())
         if refs.beta is not None:
-            out['sw2_target'] = float(np.mean([_sw2(px, s) for s in refs.target_sets(c, n)]))
+            out['sw2_target'] = _mean_sw2(pxs, refs.target_sets(c, n))
     return out
 
 
-Projected = dict[str, dict[int, np.ndarray]]  # model -> class -> sorted projections (L, N)
+# model -> class -> sorted projections (L, n) of each of the class's sets of n samples
+Projected = dict[str, dict[int, list[np.ndarray]]]
 
 
-def _family_objective(refs: _References, sorted_x: dict[int, np.ndarray]
+def _family_objective(refs: _References, sorted_x: dict[int, list[np.ndarray]]
                       ) -> Callable[[float], float]:
-    """``beta -> mean over classes and search draws of SW2(samples, exact tilted samples)``."""
-    samplers = {c: refs.search_samplers(c, px.shape[1]) for c, px in sorted_x.items()}
+    """``beta -> mean over classes, sets and search draws of SW2(set, exact tilted set)``."""
+    samplers = {c: refs.search_samplers(c, pxs[0].shape[1]) for c, pxs in sorted_x.items()}
 
     def objective(beta: float) -> float:
-        return float(np.mean([np.mean([_sw2(px, _sorted_proj(s.sample(beta), refs.projections))
-                                       for s in samplers[c]]) for c, px in sorted_x.items()]))
+        return float(np.mean([
+            _mean_sw2(pxs, [_sorted_proj(s.sample(beta), refs.projections) for s in samplers[c]])
+            for c, pxs in sorted_x.items()]))
     return objective
 
 
@@ -200,42 +229,59 @@ def _grid_values(refs: _References, projected: Projected) -> dict[str, list[floa
     """The family objective of every model on ``beta_grid``; each reference sorted once."""
     grid = beta_grid(refs.beta_max)
     acc = {name: np.zeros(len(grid)) for name in projected}
-    keys = {(c, px.shape[1]) for per_class in projected.values() for c, px in per_class.items()}
+    keys = {(c, pxs[0].shape[1]) for per_class in projected.values()
+            for c, pxs in per_class.items()}
     for c, n in sorted(keys):
-        users = [m for m, pc in projected.items() if c in pc and pc[c].shape[1] == n]
+        users = [m for m, pc in projected.items() if c in pc and pc[c][0].shape[1] == n]
         samplers = refs.search_samplers(c, n)
         for i, beta in enumerate(grid):
             for sampler in samplers:
                 ref = _sorted_proj(sampler.sample(beta), refs.projections)
                 for m in users:
-                    acc[m][i] += _sw2(projected[m][c], ref) / (len(samplers) * len(projected[m]))
+                    share = len(samplers) * len(projected[m]) * len(projected[m][c])
+                    acc[m][i] += sum(_sw2(px, ref) for px in projected[m][c]) / share
     return {m: v.tolist() for m, v in acc.items()}
 
 
 def _family_metrics(refs: _References, per_class: dict[int, Tensor],
-                    sorted_x: dict[int, np.ndarray], grid_values: list[float]
+                    sorted_x: dict[int, list[np.ndarray]], grid_values: list[float]
                     ) -> dict[str, float]:
     """``beta_hat`` shared by all classes of a model, and the metrics at it."""
     beta_hat, _ = fit_beta(_family_objective(refs, sorted_x), refs.beta_max, grid_values)
-    sw2, reward_t, tv = [], [], []
-    for c, x in per_class.items():
-        fresh = refs.family_samples(c, x.shape[0], beta_hat)
-        sw2.append(np.mean([_sw2(sorted_x[c], _sorted_proj(f, refs.projections))
-                            for f in fresh]))
-        reward_t.append(exact_mean_reward(refs.teacher, refs.reward, beta_hat, c,
-                                          n=MEAN_REWARD_N, generator=refs._gen(c, 400)))
-        tv.append(_tv(mode_weights(refs.teacher, x, c),
-                      mode_weights(refs.teacher, torch.cat(fresh), c)))
-    return dict(beta_hat=beta_hat,
-                beta_hat_at_bound=float(beta_hat >= 0.99 * refs.beta_max),
-                sw2_family=float(np.mean(sw2)), mean_reward_target=float(np.mean(reward_t)),
-                mode_tv_target=float(np.mean(tv)))
+    rows = [_member_metrics(refs, x, sorted_x[c], c, beta_hat) for c, x in per_class.items()]
+    out = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    return dict(beta_hat=beta_hat, beta_hat_at_bound=float(beta_hat >= 0.99 * refs.beta_max),
+                **out)
+
+
+def _member_metrics(refs: _References, x: Tensor, pxs: list[np.ndarray], c: int, beta: float
+                    ) -> dict[str, float]:
+    """One class's samples against fresh exact sets of the member at ``beta``, and what those
+    exact sets score themselves (SW2 between them, off-support, reward spread)."""
+    n = pxs[0].shape[1]
+    fresh = refs.family_samples(c, n, beta)
+    sorted_fresh = [_sorted_proj(f, refs.projections) for f in fresh]
+    pooled = torch.cat(fresh)
+    with torch.no_grad():
+        reward_std = float(refs.reward(pooled.float()).double().std())
+    return dict(
+        sw2_family=_mean_sw2(pxs, sorted_fresh),
+        mean_reward_target=exact_mean_reward(refs.teacher, refs.reward, beta, c,
+                                             n=MEAN_REWARD_N, generator=refs._gen(c, 400)),
+        mode_tv_target=_tv(mode_weights(refs.teacher, x, c),
+                           mode_weights(refs.teacher, pooled, c)),
+        sw2_floor_family=_pairwise_sw2(sorted_fresh) if len(sorted_fresh) > 1
+        else float('nan'),
+        off_support_target=refs.off_support(pooled, c, n),
+        reward_std_target=reward_std)
 
 
 def evaluate_models(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
                     samples: dict[str, tuple[Tensor, Tensor]], *, beta: float | None,
                     beta_grid_max: float, num_projections: int = 256, reference_draws: int = 5,
-                    seed: int = 0, out_dir: str | None = None) -> dict[str, dict[str, float]]:
+                    seed: int = 0, out_dir: str | None = None,
+                    off_support_quantile: float = OFF_SUPPORT_QUANTILE,
+                    set_size: int | None = None) -> dict[str, dict[str, float]]:
     """Metrics of every model against exact truth; optionally writes the report files.
 
     Args:
@@ -250,22 +296,32 @@ def evaluate_models(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | N
         seed: seeds projections and every reference set (shared by all models).
         out_dir: if given, writes ``<model>/samples.npz``, ``metrics.json``, ``table.md`` and
             ``samples.png`` there.
+        off_support_quantile: quantile of the exact teacher's log-density below which a sample
+            counts as off the support (the exact teacher scores about this value).
+        set_size: samples per set ``n`` of every SW2 figure (floors included); a class with
+            ``k n`` samples is ``k`` sets whose SW2 figures are averaged, which divides the
+            sampling noise of a model's own set. ``None``: one set of all the class's samples.
 
     Returns:
         ``{model: {metric: value}}`` (the metrics of the module docstring, averaged over classes).
     """
     if reward is not None and not beta_grid_max > 0:
         raise ValueError(f'beta_grid_max must be > 0 with a reward, got {beta_grid_max}')
+    if not 0 < off_support_quantile < 1:
+        raise ValueError(f'off_support_quantile must lie in (0, 1), got {off_support_quantile}')
+    refs_kw = dict(draws=reference_draws, seed=seed, beta=beta, beta_max=beta_grid_max,
+                   off_support_quantile=off_support_quantile)
     with _single_thread():
-        metrics = _evaluate(teacher, reward, samples, beta, beta_grid_max, num_projections,
-                            reference_draws, seed)
+        metrics = _evaluate(teacher, reward, samples, num_projections, refs_kw, set_size)
     if out_dir is not None:
         settings = dict(n_per_class={name: {str(int(k)): int((c == k).sum())
                                             for k in torch.unique(c).tolist()}
                                      for name, (_, c) in samples.items()},
                         num_projections=num_projections, reference_draws=reference_draws,
                         search_draws=SEARCH_DRAWS, beta=beta, beta_grid_max=beta_grid_max,
-                        seed=seed, reward=None if reward is None else type(reward).__name__)
+                        seed=seed, off_support_quantile=off_support_quantile,
+                        set_size=set_size,
+                        reward=None if reward is None else type(reward).__name__)
         write_report(out_dir, teacher, reward, beta, samples, metrics, settings)
     return metrics
 
@@ -283,15 +339,14 @@ def _single_thread() -> Iterator[None]:
 
 
 def _evaluate(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
-              samples: dict[str, tuple[Tensor, Tensor]], beta: float | None,
-              beta_grid_max: float, num_projections: int, reference_draws: int, seed: int
-              ) -> dict[str, dict[str, float]]:
-    """The metrics of ``evaluate_models`` (no files)."""
-    projections = fixed_projections(teacher.dim, num_projections, seed)
-    refs = _References(teacher, reward, projections, reference_draws, seed, beta, beta_grid_max)
+              samples: dict[str, tuple[Tensor, Tensor]], num_projections: int, refs_kw: dict,
+              set_size: int | None) -> dict[str, dict[str, float]]:
+    """The metrics of ``evaluate_models`` (no files); ``refs_kw``: :class:`_References`'."""
+    projections = fixed_projections(teacher.dim, num_projections, refs_kw['seed'])
+    refs = _References(teacher, reward, projections, **refs_kw)
     split = {name: _split(x, c) for name, (x, c) in samples.items()}
-    projected = {name: {k: _sorted_proj(xk, projections) for k, xk in pc.items()}
-                 for name, pc in split.items()}
+    projected = {name: {k: [_sorted_proj(part, projections) for part in _sets(xk, set_size, name)]
+                        for k, xk in pc.items()} for name, pc in split.items()}
     metrics: dict[str, dict[str, float]] = {}
     for name, per_class in split.items():
         rows = [_teacher_metrics(refs, xk, projected[name][k], k) for k, xk in per_class.items()]
@@ -302,6 +357,16 @@ def _evaluate(teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
             metrics[name].update(_family_metrics(refs, per_class, projected[name],
                                                  grid_values[name]))
     return metrics
+
+
+def _sets(x: Tensor, set_size: int | None, name: str) -> list[Tensor]:
+    """``x`` cut into sets of ``set_size`` samples (one set if ``None``)."""
+    if set_size is None:
+        return [x]
+    if set_size < 1 or x.shape[0] % set_size:
+        raise ValueError(f'{name}: {x.shape[0]} samples of a class are not whole sets of '
+                         f'set_size={set_size}')
+    return list(x.split(set_size))
 
 
 def _split(x: Tensor, c: Tensor) -> dict[int, Tensor]:

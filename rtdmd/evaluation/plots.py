@@ -14,9 +14,22 @@ MAX_POINTS = 2000
 GRID_POINTS = 200
 
 
-def _extent(target: GaussianMixtureTeacher, xs: list[np.ndarray]) -> tuple[float, ...]:
+def view_plane(target: GaussianMixtureTeacher) -> np.ndarray:
+    """``(d, 2)`` orthonormal basis of the figure's plane: the identity for ``d = 2``, else the
+    two principal directions of the target's component means (where the modes spread most)."""
+    means = target.means.double().numpy()
+    if means.shape[1] == 2:
+        return np.eye(2)
+    centred = means - means.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=True)
+    return vt[:2].T
+
+
+def _extent(target: GaussianMixtureTeacher, xs: list[np.ndarray], plane: np.ndarray
+            ) -> tuple[float, ...]:
     """Box holding the target (means +- 4 std) and the central 98% of every model's samples."""
-    means, stds = target.means[:, :2].double().numpy(), target.stds.double().numpy()[:, None]
+    means = target.means.double().numpy() @ plane
+    stds = target.stds.double().numpy()[:, None]
     lo, hi = (means - 4 * stds).min(0), (means + 4 * stds).max(0)
     for x in xs:
         finite = x[np.isfinite(x).all(1)]
@@ -44,8 +57,8 @@ def plot_samples(samples: dict[str, tuple[Tensor, Tensor]], target: GaussianMixt
     """One panel per model: up to 2000 samples coloured by class over the target's contours.
 
     Contours are the log-density (levels 1, 2, 4, 6, 9 nats below its maximum) of the target
-    averaged over the classes present; for ``d > 2`` the first two coordinates are scattered
-    and contours skipped.
+    averaged over the classes present; for ``d > 2`` the samples are projected on the plane of
+    :func:`view_plane` and contours skipped (a projected density is not the target's).
     """
     import matplotlib
 
@@ -53,9 +66,10 @@ def plot_samples(samples: dict[str, tuple[Tensor, Tensor]], target: GaussianMixt
     import matplotlib.pyplot as plt
 
     names = list(samples)
-    data = [(samples[n][0].detach().cpu().double().numpy(),
+    plane = view_plane(target)
+    data = [(samples[n][0].detach().cpu().double().numpy() @ plane,
              samples[n][1].detach().cpu().long().numpy()) for n in names]
-    box = _extent(target, [x[:, :2] for x, _ in data])
+    box = _extent(target, [x for x, _ in data], plane)
     classes = sorted({int(k) for _, c in data for k in np.unique(c)})
     contours = _log_density(target, classes, box) if target.dim == 2 else None
     cols = min(4, len(names))
@@ -73,7 +87,7 @@ def plot_samples(samples: dict[str, tuple[Tensor, Tensor]], target: GaussianMixt
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
         ax.set_aspect('equal')
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name if target.dim == 2 else f'{name} (principal plane)', fontsize=10)
     for ax in axes.ravel()[len(names):]:
         ax.axis('off')
     handles = [plt.Line2D([], [], ls='', marker='o', ms=4, color=f'C{k % 10}', label=f'class {k}')

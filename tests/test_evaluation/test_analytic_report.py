@@ -128,3 +128,42 @@ def test_fit_beta_finds_interior_minimum_and_bound() -> None:
     assert fit_beta(lambda b: -b, 5.0)[0] >= 0.99 * 5.0
     assert fit_beta(lambda b: b, 5.0)[0] == 0.0
     assert beta_grid(5.0)[0] == 0.0 and beta_grid(5.0)[-1] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize('dim', [3, 4])
+def test_evaluation_in_three_and_four_dimensions(dim: int) -> None:
+    """Exact samples score at the floors and the member's own figures, in d = 3 and 4."""
+    from rtdmd.evaluation.tilted import tilt_parameters
+    from rtdmd.rewards.toy import QuadraticReward
+
+    gen = torch.Generator().manual_seed(dim)
+    means = 3 * torch.nn.functional.normalize(torch.randn(5, dim, generator=gen), dim=1)
+    world = dict(means=means.tolist(), stds=[0.25, 0.3, 0.4, 0.5, 0.6],
+                 class_weights=[[0.4, 0.3, 0.1, 0.1, 0.1], [0.1, 0.1, 0.2, 0.3, 0.3]])
+    teacher = GaussianMixtureTeacher.from_world(world)
+    direction = torch.nn.functional.normalize(torch.randn(dim, generator=gen), dim=0)
+    reward = (LinearReward(direction.tolist()) if dim == 3
+              else QuadraticReward((0.5 * (means[0] + means[1])).tolist()))
+    beta = 0.4 if dim == 3 else 0.2
+    c = torch.arange(2).repeat_interleave(N)
+    samples = {'teacher': (teacher.sample(c, gen), c),
+               'tilted': (sample_tilted(teacher, reward, beta, c, gen), c)}
+    m = evaluate_models(teacher, reward, samples, beta=beta, beta_grid_max=2.0,
+                        off_support_quantile=0.01, **KW)
+    floor = m['teacher']['sw2_floor']
+    assert m['teacher']['sw2_teacher'] <= floor + SW2_SLACK and m['teacher']['beta_hat'] < 0.05
+    assert m['teacher']['off_support'] <= 0.03  # the 1% quantile: about 0.01
+    t = m['tilted']
+    assert abs(t['beta_hat'] - beta) <= 0.1 * beta + 0.02 and t['beta_hat_at_bound'] == 0.0
+    assert t['sw2_family'] <= t['sw2_floor_family'] + SW2_SLACK
+    assert abs(t['off_support'] - t['off_support_target']) <= 0.02
+    assert abs(t['mean_reward'] - t['mean_reward_target']) <= 0.2 * t['reward_std_target']
+    if dim == 3:  # the reward's spread under the member, in closed form for a linear reward
+        mu, sd, log_w = tilt_parameters(teacher, reward, t['beta_hat'])
+        a = direction.double()
+        stds = []
+        for k in range(2):
+            w, proj = log_w[k].exp(), mu @ a
+            mean = (w * proj).sum()
+            stds.append(((w * (proj ** 2 + sd ** 2)).sum() - mean ** 2).sqrt())
+        assert t['reward_std_target'] == pytest.approx(float(torch.stack(stds).mean()), rel=0.03)
