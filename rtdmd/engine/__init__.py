@@ -4,6 +4,6 @@ from .optim import DistillerOptimWrapperConstructor
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel
 
-__all__ = ['DistillerDataParallel', 'DistillerFullyShard', 'DistillerOptimWrapperConstructor', 'NonFiniteGuardHook',
-           'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
+__all__ = ['DistillerDataParallel', 'DistillerFullyShard', 'DistillerOptimWrapperConstructor',
+           'NonFiniteGuardHook', 'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
            'TrainableEMAHook']
