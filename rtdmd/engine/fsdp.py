@@ -22,7 +22,8 @@ the result; a load lays every full tensor out as this rank's shard (``shard_like
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -36,12 +37,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from rtdmd.registry import MODEL_WRAPPERS
 from rtdmd.utils.sharding import is_sharded, shard_like_params
 
 __all__ = ['DistillerFullyShard', 'full_optimizer_state', 'gather_checkpoint_state',
-           'load_full_optimizer_state']
+           'load_full_optimizer_state', 'local_shards']
 
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -73,11 +75,15 @@ class DistillerFullyShard(nn.Module):
         reduce_dtype: dtype of the gradient reduce-scatter (fp32: LoRA gradients are averaged
             over ranks without rounding); ``None`` is the gradients' own.
         roles: the roles to shard.
+        find_unused_parameters: DDP's option, accepted and unused (FSDP2 needs no such
+            search), so a DDP config switches to FSDP by its wrapper's type alone:
+            ``--cfg-options model_wrapper_cfg.type=rtdmd.DistillerFullyShard``.
     """
 
     def __init__(self, module: nn.Module, reshard_after_forward: bool = True,
                  param_dtype: str | None = None, reduce_dtype: str | None = 'float32',
-                 roles: Sequence[str] = ('generator', 'fake_score')) -> None:
+                 roles: Sequence[str] = ('generator', 'fake_score'),
+                 find_unused_parameters: bool = False) -> None:
         super().__init__()
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError('DistillerFullyShard needs torch.distributed: launch with '
@@ -96,6 +102,9 @@ class DistillerFullyShard(nn.Module):
             fully_shard(net, mesh=self.mesh, mp_policy=policy,
                         reshard_after_forward=reshard_after_forward)
             net.register_load_state_dict_pre_hook(_shard_incoming)
+        # state_dict() gives full tensors on every rank, as under DDP: mmengine broadcasts
+        # the state dict after init_weights, and every reader sees the same layout.
+        module._register_state_dict_hook(_gather_shards)
 
     def train_step(self, data: Any, optim_wrapper: Any) -> dict:
         return self.module.train_step(data, optim_wrapper)
@@ -105,6 +114,31 @@ class DistillerFullyShard(nn.Module):
 
     def test_step(self, data: Any) -> list:
         return self.module.test_step(data)
+
+
+_LOCAL_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def local_shards() -> Iterator[None]:
+    """Inside, ``state_dict()`` of a sharded distiller keeps this rank's shards instead of
+    gathering: for a caller that runs on one rank alone (mmengine's ``save_checkpoint`` runs on
+    rank 0 only, so the checkpoint hook gathers on every rank beforehand)."""
+    _LOCAL_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL_DEPTH[0] -= 1
+
+
+def _gather_shards(module: nn.Module, state: dict, prefix: str, local_metadata: Any) -> None:
+    """State-dict hook of a sharded distiller: every DTensor becomes its full tensor (a
+    collective over the kept entries, in the state dict's order, the same on every rank)."""
+    if _LOCAL_DEPTH[0]:
+        return
+    for key, value in state.items():
+        if isinstance(value, DTensor):
+            state[key] = value.full_tensor()
 
 
 def _shard_incoming(module: nn.Module, state: dict, prefix: str, *args: Any) -> None:

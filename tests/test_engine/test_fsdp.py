@@ -163,4 +163,4 @@ def test_fsdp_equals_ddp_and_one_process(family: str, tmp_path: Path) -> None:
                 # an update is a difference of weights of |w| <= 0.5: two fp32 ulps of those
                 torch.testing.assert_close(delta[key], one[key], rtol=1e-3,
                                            atol=1e-4 * moved + 6e-8,
-                                           msg=f'stage {stage} {name} {key}'.__add__)
+                                           msg=f'stage {stage} {name} {key}: '.__add__)

@@ -26,7 +26,7 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 
-from rtdmd.engine.fsdp import gather_checkpoint_state
+from rtdmd.engine.fsdp import gather_checkpoint_state, local_shards
 from rtdmd.registry import HOOKS
 from rtdmd.utils.atomic import (
     atomic_write_json,
@@ -112,10 +112,11 @@ class SafeCheckpointHook(CheckpointHook):
         # FSDP: every rank joins the gather here; only rank 0 runs save_checkpoint.
         self._full_state = gather_checkpoint_state(runner, self.save_optimizer)
         try:
-            runner.save_checkpoint(self.out_dir, osp.basename(tmp),
-                                   save_optimizer=self.save_optimizer,
-                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
-                                   by_epoch=self.by_epoch)
+            with local_shards():  # rank 0 alone: no gathers in there (done above)
+                runner.save_checkpoint(self.out_dir, osp.basename(tmp),
+                                       save_optimizer=self.save_optimizer,
+                                       save_param_scheduler=self.save_param_scheduler,
+                                       meta=meta, by_epoch=self.by_epoch)
             if is_main_process():
                 self._commit(runner, tmp, final, step)
         except OSError as err:
