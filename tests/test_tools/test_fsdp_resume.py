@@ -105,13 +105,19 @@ def test_fsdp_checkpoint_is_full_and_resumes_exactly(fsdp_run: dict) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp_two_ranks_resume_on_one_and_back(fsdp_run: dict) -> None:
-    """2 -> 1: the 2-rank checkpoint of iteration 1 continued in one process; 1 -> 2: a
-    one-process run's iteration 1 continued on 2 FSDP ranks. Each ends where the uninterrupted
-    runs end (all of them train the same global batches)."""
-    root, weights = fsdp_run['root'], fsdp_run['root'] / 'weights'
-    on_one = _resume_from(fsdp_run['iter1'], root / 'two_to_one', weights, 1)
+def test_two_fsdp_ranks_resume_on_one(fsdp_run: dict) -> None:
+    """The 2-rank checkpoint of iteration 1, continued in one process, ends where the 2-rank
+    run ends (both train the same global batches)."""
+    root = fsdp_run['root']
+    on_one = _resume_from(fsdp_run['iter1'], root / 'two_to_one', root / 'weights', 1)
     _same(on_one, fsdp_run['iter2'], exact=False)
+
+
+@pytest.mark.slow
+def test_one_process_resumes_on_two_fsdp_ranks(fsdp_run: dict) -> None:
+    """A one-process run equals the 2-rank FSDP run, and its iteration 1 continued on 2 FSDP
+    ranks ends where it ends."""
+    root, weights = fsdp_run['root'], fsdp_run['root'] / 'weights'
     single = _train(root / 'single', weights, 1)
     _same(single, fsdp_run['iter2'], exact=False)
     on_two = _resume_from(root / 'single' / 'iter_1.pth', root / 'one_to_two', weights, 2)
