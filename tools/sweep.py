@@ -165,21 +165,22 @@ def run_points(args: argparse.Namespace, jobs: list[grid.Job], done: set[str],
     todo = [job for job in jobs if job.point.name not in done]
     bar = tqdm(total=len(todo), desc='sweep', unit='point', file=sys.stderr, disable=None)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {}
-        for job in todo:
+        def start(job: grid.Job) -> bool:  # in the worker: lines in the order things happen
             bar.write(f'point {index[job.point.name]}/{len(jobs)}: {job.point.name} (log in '
                       f'{job.work_dir}/sweep.log)', file=sys.stdout)
             sys.stdout.flush()
-            futures[pool.submit(run_job, job, config, env, launch)] = job
-        for future in as_completed(futures):
-            job = futures[future]
+            ok = run_job(job, config, env, launch)
             log = osp.join(job.work_dir, 'sweep.log')
-            ok = future.result()
-            bar.update()
             bar.write(f'{job.point.name}: ' + ('done' if ok else f'FAILED, see {log}'),
                       file=sys.stdout)
             sys.stdout.flush()
-            failed += [] if ok else [log]
+            bar.update()
+            return ok
+
+        futures = {pool.submit(start, job): job for job in todo}
+        for future in as_completed(futures):
+            job = futures[future]
+            failed += [] if future.result() else [osp.join(job.work_dir, 'sweep.log')]
     bar.close()
     return failed
 
