@@ -19,3 +19,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)  # one iteration = o
 default_hooks = dict(checkpoint=dict(interval=50))
 stages = [dict(name='ac_dmd', config='../ac_dmd/flux1_dev_4step.py'),
           dict(name='rtdmd', init_from='ac_dmd')]
+# Sharded over all GPUs (FSDP2 per transformer block, frozen bases too; docs/distributed.md):
+# a 9-12 B generator and fake score do not fit each GPU whole, as DDP would hold them.
+model_wrapper_cfg = dict(_delete_=True, type='rtdmd.DistillerFullyShard',
+                         reshard_after_forward=True, param_dtype=None, reduce_dtype='float32')

@@ -104,12 +104,12 @@ def check_stage_options(cfg: Config, cli_options: dict | None) -> None:
     _, scoped = split_stage_options(cli_options)
     if scoped and not cfg.get('stages'):
         raise ConfigError([f'stage-scoped options {sorted(scoped)} need a config with stages'])
-    names = [s['name'] for s in cfg.get('stages', [])]
+    names = [s['name'] for s in (cfg.get('stages') or [])]
     unknown = set(scoped) - set(names) - {'*'}
     if unknown:
         raise ConfigError([f'--cfg-options names unknown stages {sorted(unknown)}; the stages '
                            f'are {names} (or * for all)'])
-    for index, stage in enumerate(cfg.get('stages', [])):
+    for index, stage in enumerate(cfg.get('stages') or []):
         earlier = names[:index]
         if stage.get('init_from') and stage['init_from'] not in earlier:
             raise ConfigError([f"stages[{index}].init_from: {stage['init_from']!r} is not an "

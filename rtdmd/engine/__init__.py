@@ -1,8 +1,9 @@
+from .fsdp import DistillerFullyShard
 from .hooks import NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook, TrainableEMAHook
 from .optim import DistillerOptimWrapperConstructor
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel
 
-__all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'NonFiniteGuardHook',
-           'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
+__all__ = ['DistillerDataParallel', 'DistillerFullyShard', 'DistillerOptimWrapperConstructor',
+           'NonFiniteGuardHook', 'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
            'TrainableEMAHook']

@@ -39,6 +39,9 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
 
     Attributes:
         role: the trainable role this wrapper steps (set by the optimizer constructor).
+        sharded_net: the role's network when FSDP2 shards it (set by the optimizer
+            constructor), else ``None``: its state is then gathered and loaded as full tensors
+            (:func:`rtdmd.engine.fsdp.full_optimizer_state`).
         skipped_steps: number of steps skipped so far.
         last_skip_iter: the iteration (``runner.iter``) of the latest skipped step, or -1.
         last_skip_reason: what was not finite at that skip.
@@ -48,6 +51,7 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
                  clip_grad: dict | None = None) -> None:
         super().__init__(optimizer, accumulative_counts=accumulative_counts, clip_grad=clip_grad)
         self.role = ''
+        self.sharded_net: torch.nn.Module | None = None
         self.skipped_steps = 0
         self.last_skip_iter = -1
         self.last_skip_reason = ''
@@ -70,6 +74,27 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
         self.last_skip_reason = reason
         name = getattr(self, 'grad_name', 'grad_norm')
         self.message_hub.update_scalar(f'train/{name}', float('nan'))  # logged as what it is
+
+    def full_state_dict(self) -> dict:
+        """``state_dict()`` with full tensors; under FSDP every rank must call it (rank 0 gets
+        the state, the others an empty dict)."""
+        if self.sharded_net is None:
+            return self.state_dict()
+        from rtdmd.engine.fsdp import full_optimizer_state
+
+        return full_optimizer_state(self.sharded_net, self.optimizer)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a full state (written with any number of ranks); under FSDP each rank keeps
+        its shards of it."""
+        if self.sharded_net is None:
+            super().load_state_dict(state_dict)
+            return
+        from rtdmd.engine.fsdp import load_full_optimizer_state
+
+        state_dict = dict(state_dict)
+        state_dict.pop('base_param_settings', None)
+        load_full_optimizer_state(self.sharded_net, self.optimizer, state_dict)
 
     def zero_grad(self, **kwargs: Any) -> None:
         super().zero_grad(**kwargs)

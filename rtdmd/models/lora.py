@@ -16,6 +16,8 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
+from rtdmd.utils.sharding import copy_into_param
+
 TRAINABLE = 'default'
 FROZEN_STAGE = 'stage1'
 
@@ -91,8 +93,8 @@ def reinit_lora(model: nn.Module, std: float, generator: torch.Generator,
     for pname, param in sorted(model.named_parameters()):
         if f'.{name}.' not in pname:
             continue
-        if 'lora_A' in pname:
-            param.copy_(std * torch.randn(param.shape, generator=generator))
+        if 'lora_A' in pname:  # drawn whole on every rank; a sharded one keeps its shard
+            copy_into_param(param, std * torch.randn(param.shape, generator=generator))
         elif 'lora_B' in pname:
             param.zero_()
 

@@ -166,7 +166,7 @@ def test_failed_point_is_reported_and_the_sweep_goes_on(tmp_path: Path, monkeypa
                                                         capsys) -> None:
     tool = load_module('sweep.py')
 
-    def fake_commands(job, config):  # ratio=1 crashes, ratio=2 writes its metrics
+    def fake_commands(job, config, launch=None):  # ratio=1 crashes, ratio=2 writes its metrics
         metrics = json.dumps({'toy/sw2_teacher': 0.25})
         code = ('import sys; sys.exit(3)' if job.point.name == 'ratio=1' else
                 f'open({str(Path(job.work_dir) / "metrics.json")!r}, "w").write({metrics!r})')

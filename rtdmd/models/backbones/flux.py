@@ -28,6 +28,10 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
+from diffusers.models.transformers.transformer_flux import (
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -60,6 +64,7 @@ class FluxBackbone(DiffusersBackbone):
     """
 
     transformer_class = FluxTransformer2DModel
+    shard_block_classes = (FluxTransformerBlock, FluxSingleTransformerBlock)
     pipeline_class = FluxPipeline
     pipeline_component_names = ('scheduler', 'vae', 'text_encoder', 'tokenizer',
                                 'text_encoder_2', 'tokenizer_2')

@@ -33,6 +33,10 @@ from diffusers import (
     Flux2KleinPipeline,
     Flux2Transformer2DModel,
 )
+from diffusers.models.transformers.transformer_flux2 import (
+    Flux2SingleTransformerBlock,
+    Flux2TransformerBlock,
+)
 from torch import Tensor, nn
 from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
@@ -85,6 +89,7 @@ class Flux2KleinBackbone(DiffusersBackbone):
     """
 
     transformer_class = Flux2Transformer2DModel
+    shard_block_classes = (Flux2TransformerBlock, Flux2SingleTransformerBlock)
     pipeline_class = Flux2KleinPipeline
     pipeline_component_names = ('scheduler', 'vae', 'text_encoder', 'tokenizer')
     default_repo_id = 'black-forest-labs/FLUX.2-klein-base-4B'

@@ -29,6 +29,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
+from diffusers.models.attention import JointTransformerBlock
 from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -63,6 +64,7 @@ class SD3Backbone(DiffusersBackbone):
     """
 
     transformer_class: ClassVar[type] = SD3Transformer2DModel
+    shard_block_classes: ClassVar[tuple[type, ...]] = (JointTransformerBlock,)
     # Joint attention of every JointTransformerBlock. The ``attn.`` prefix keeps SD3.5's second
     # (image-only) attention ``attn2`` out, and the last block has no ``to_add_out``
     # (context_pre_only), so peft matches exactly the release's modules.
