@@ -25,6 +25,7 @@ from mmengine.runner import Runner
 from rtdmd.utils.atomic import atomic_write_json, remove_stale_temporaries
 from rtdmd.utils.config import ConfigError
 from rtdmd.utils.errors import RunDirError
+from rtdmd.utils.provenance import provenance
 from rtdmd.utils.run_dir import move_aside, prepare_run
 from rtdmd.utils.setup_env import register_all_modules
 
@@ -178,6 +179,7 @@ def run_test(cfg: Config, checkpoint: str | None, cli_options: dict | None = Non
     metrics = runner.test()
     os.makedirs(cfg.work_dir, exist_ok=True)
     path = osp.join(cfg.work_dir, 'metrics.json')
-    atomic_write_json(path, {k: float(v) for k, v in metrics.items()}, sort_keys=True)
+    atomic_write_json(path, {**{k: float(v) for k, v in metrics.items()},
+                             '_provenance': provenance()}, sort_keys=True)
     runner.logger.info(f'metrics written to {path}')
     return metrics

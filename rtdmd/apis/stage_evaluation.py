@@ -11,6 +11,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from rtdmd.evaluation.analytic_report import evaluate_models, format_table
+from rtdmd.evaluation.tensorboard_report import log_report
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import REWARDS
 from rtdmd.utils.config import ConfigError
@@ -63,6 +64,9 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
         teacher, reward, samples, beta=settings['beta'],
         beta_grid_max=settings['beta_grid_max'], num_projections=settings['num_projections'],
         reference_draws=settings['reference_draws'], seed=settings['seed'], out_dir=out_dir)
+    log_report(osp.join(out_dir, 'tensorboard'), metrics, format_table(metrics),
+               {'samples': osp.join(out_dir, 'samples.png')})
     print_log('\n' + format_table(metrics), logger='current')
-    print_log(f'evaluation written to {out_dir}', logger='current')
+    print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard)',
+              logger='current')
     return metrics
