@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.cli import LazyDictAction  # noqa: E402  (light: arguments parse before heavy imports)
+from rtdmd.cli import LazyDictAction  # noqa: E402  (light: parse before heavy imports)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

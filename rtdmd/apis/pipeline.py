@@ -28,14 +28,20 @@ from rtdmd.utils.errors import RunDirError
 from rtdmd.utils.provenance import provenance
 from rtdmd.utils.run_dir import move_aside, prepare_run
 from rtdmd.utils.setup_env import register_all_modules
+from rtdmd.utils.train_options import apply_train_options
 
 from .stage_evaluation import check_evaluation, evaluate_stages
 from .stages import StagePlan, check_stage_options, plan_stage, plan_stages, stage_config
 
 
 def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg``; it ignores the project-level keys and dumps the whole config."""
+    """``Runner.from_cfg``; it ignores the project-level keys and dumps the whole config.
+
+    ``cfg.train_options`` (tools/train.py's ``--amp``, ``--auto-scale-lr``) are applied here,
+    so they reach every stage of a pipeline.
+    """
     register_all_modules()
+    apply_train_options(cfg, cfg.pop('train_options', None) or [])
     return Runner.from_cfg(cfg)
 
 

@@ -53,6 +53,7 @@ def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,
     sub.stage_name = stage['name']
     sub.work_dir = osp.join(cfg.work_dir, stage['name'])
     sub.launcher = cfg.get('launcher', 'none')
+    sub.train_options = list(cfg.get('train_options') or [])  # --amp, --auto-scale-lr
     stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S_%f')
     sub.experiment_name = f"{stage['name']}_{stamp}"
     return sub
