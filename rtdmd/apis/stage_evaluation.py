@@ -14,6 +14,7 @@ from rtdmd.evaluation.analytic_report import evaluate_models, format_table
 from rtdmd.evaluation.tensorboard_report import log_report
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import REWARDS
+from rtdmd.utils.atomic import atomic_write_text
 from rtdmd.utils.config import ConfigError
 
 from .loading import load_trained_model
@@ -64,9 +65,12 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
         teacher, reward, samples, beta=settings['beta'],
         beta_grid_max=settings['beta_grid_max'], num_projections=settings['num_projections'],
         reference_draws=settings['reference_draws'], seed=settings['seed'], out_dir=out_dir)
-    log_report(osp.join(out_dir, 'tensorboard'), metrics, format_table(metrics),
+    table = format_table(metrics)
+    log_report(osp.join(out_dir, 'tensorboard'), metrics, table,
                {'samples': osp.join(out_dir, 'samples.png')})
-    print_log('\n' + format_table(metrics), logger='current')
+    # The pipeline's result, at the top of its work dir (the last thing the run prints).
+    atomic_write_text(osp.join(cfg.work_dir, 'table.md'), table + '\n')
+    print_log('\n' + table, logger='current')
     print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard)',
               logger='current')
     return metrics

@@ -67,6 +67,10 @@ def test_a_non_default_layout_trains_and_evaluates(tmp_path: Path) -> None:
     ]
     pipeline('configs/rtdmd/toy2d_4step_dm_grpo.py', tmp_path, *options)
     metrics = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert metrics['_provenance']['rtdmd_version']
+    table = (tmp_path / 'table.md').read_text()
+    assert '| dm_grpo |' in table and table == (tmp_path / 'eval' / 'table.md').read_text()
+    assert list((tmp_path / 'eval' / 'tensorboard').glob('events.out.tfevents.*'))
     arrays = np.load(tmp_path / 'eval' / 'dm_grpo' / 'samples.npz')
     assert arrays['x'].shape == (3 * 128, 3)
     assert sorted(set(arrays['c'].tolist())) == [0, 1, 2]
