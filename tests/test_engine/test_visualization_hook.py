@@ -110,7 +110,7 @@ def test_sd3_image_grids_with_captions(tmp_path: Path) -> None:
         'backbone.lora.alpha=8', 'train_cfg.max_iters=1', 'train_dataloader.batch_size=2',
         'train_dataloader.num_workers=0', f'train_dataloader.dataset.path={prompts}',
         'model.fake_update_ratio=1', 'default_hooks.checkpoint.interval=1',
-        'default_hooks.visualization.num_prompts=2'])
+        'default_hooks.visualization.interval=1', 'default_hooks.visualization.num_prompts=2'])
     images = _images(tmp_path / 'work')
     assert [e.step for e in images] == [1]
     grid = _decode(images[0])

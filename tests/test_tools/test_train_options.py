@@ -32,9 +32,18 @@ def _runner(options: list[str], train_options: list[str], work_dir: Path):
     return runner
 
 
-def test_amp_trains_under_bf16_autocast(tmp_path: Path) -> None:
-    runner = _runner([], ['amp'], tmp_path)
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """One iteration with both options (they touch disjoint parts: wrapper type, lr)."""
+    runner = _runner(['auto_scale_lr.base_batch_size=8'], ['amp', 'auto_scale_lr'],
+                     tmp_path_factory.mktemp('train_options'))
+    cfg_lr = runner.cfg.optim_wrapper.generator.optimizer.lr
     runner.train()
+    return runner, cfg_lr
+
+
+def test_amp_trains_under_bf16_autocast(trained) -> None:
+    runner, _ = trained
     wrappers = runner.optim_wrapper
     assert {type(wrappers[k]) for k in ('generator', 'fake_score')} == {AmpGuardOptimWrapper}
     layer = torch.nn.Linear(4, 4)
@@ -44,10 +53,8 @@ def test_amp_trains_under_bf16_autocast(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in runner.model.parameters())  # fp32 masters
 
 
-def test_auto_scale_lr_scales_by_the_total_batch(tmp_path: Path) -> None:
-    runner = _runner(['auto_scale_lr.base_batch_size=8'], ['auto_scale_lr'], tmp_path)
-    cfg_lr = runner.cfg.optim_wrapper.generator.optimizer.lr
-    runner.train()
+def test_auto_scale_lr_scales_by_the_total_batch(trained) -> None:
+    runner, cfg_lr = trained
     # batch 16 (TINY_TOY_OPTIONS) on one process over a base of 8: twice the configured lr
     assert runner.optim_wrapper['generator'].get_lr()['lr'][0] == pytest.approx(2 * cfg_lr)
 
@@ -62,11 +69,14 @@ def test_train_options_refuse_what_they_cannot_apply() -> None:
 
 
 def test_train_tool_checks_the_options_before_any_work(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable, 'tools/train.py', CONFIG, '--auto-scale-lr',
-                             '--work-dir', str(tmp_path / 'w')], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and 'auto_scale_lr.base_batch_size' in result.stderr
+    """tools/train.py's main, in this process (a subprocess would add ~10 s of imports)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('rtdmd_train_tool', REPO / 'tools/train.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit, match='auto_scale_lr.base_batch_size'):
+        tool.main([CONFIG, '--auto-scale-lr', '--work-dir', str(tmp_path / 'w')])
     assert not (tmp_path / 'w').exists()  # nothing started
 
 
@@ -81,7 +91,8 @@ def test_missing_weight_hints_say_hf_download(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize('tool', ['train.py', 'test.py', 'export.py', 'chaos.py',
-                                  'ocr_check.py', 'benchmark_cli.py'])
+                                  'ocr_check.py', 'benchmark_cli.py', 'gpu_check.py',
+                                  'profile_step.py'])
 def test_help_parses_before_heavy_imports(tool: str) -> None:
     """``--help`` never loads torch, diffusers or mmengine's runner (what made it take 6-8 s)."""
     probe = ('import runpy, sys\n'

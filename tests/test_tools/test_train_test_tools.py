@@ -59,6 +59,8 @@ def test_train_writes_config_checkpoints_logs_and_tensorboard(tmp_path: Path) ->
     assert {'loss_fake_dsm', 'loss_dmd', 'toy/sw2_teacher'} <= set(acc.Tags()['scalars'])
     log = (result.stdout + result.stderr)
     assert 'eta:' in log and 'Iter(train) [6/6]' in log
+    # 6 iterations, fewer than the sample grids' interval: none drawn, and the log says why
+    assert not (tmp_path / 'vis').exists() and 'no sample grids' in log
 
 
 @pytest.mark.slow

@@ -1,11 +1,12 @@
 """Sample grids of the generator during training, into TensorBoard and the work dir.
 
-Every ``interval`` iterations (and after the last) the generator samples the same prompts from
-the same noise (``model.generate(prompts, seed)``: a fixed seed gives fixed initial and
-transition noise), so the grids of a run show how one set of samples evolves. Points (the
-analytic world: a latent of one axis) become a scatter coloured by prompt; images become a grid
-captioned with their prompts. The figure goes to every backend of the runner's visualizer
-(``add_image``: TensorBoard, the local backend) and to ``<work_dir>/vis/samples_iter_<N>.png``.
+Every ``interval`` iterations (and after the last, in a run longer than one interval) the
+generator samples the same prompts from the same noise (``model.generate(prompts, seed)``: a
+fixed seed gives fixed initial and transition noise), so the grids of a run show how one set
+of samples evolves. Points (the analytic world: a latent of one axis) become a scatter coloured
+by prompt; images become a grid captioned with their prompts. The figure goes to every backend
+of the runner's visualizer (``add_image``: TensorBoard, the local backend) and to
+``<work_dir>/vis/samples_iter_<N>.png``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class SampleVisualizationHook(Hook):
     """Log sample grids of the generator every ``interval`` iterations.
 
     Args:
-        interval: iterations between grids (and one after the last iteration).
+        interval: iterations between grids, and one after the last iteration of a run longer
+            than ``interval``; a shorter run (a smoke test) draws none, and says so.
         prompts: the prompts to sample (class ids in the analytic world); ``None`` takes the
             first ``num_prompts`` distinct prompts of the training dataset.
         num_prompts: how many prompts when ``prompts`` is ``None``.
@@ -62,9 +64,19 @@ class SampleVisualizationHook(Hook):
         self.seed = seed
         self.out_dir = out_dir
 
+    def before_train(self, runner: Any) -> None:
+        if runner.max_iters - runner.iter < self.interval:
+            runner.logger.info(
+                f'SampleVisualizationHook: {runner.max_iters - runner.iter} iterations to run, '
+                f'fewer than its interval {self.interval}: no sample grids (set '
+                f'default_hooks.visualization.interval to draw some)')
+
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
                          outputs: Any = None) -> None:
-        if self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner):
+        # The last iteration's grid shows a long run's final state; in a run shorter than one
+        # interval (tests, smoke runs) sampling and drawing would cost more than the run.
+        last = self.is_last_train_iter(runner) and runner.max_iters > self.interval
+        if self.every_n_train_iters(runner, self.interval) or last:
             self.visualize(runner, runner.iter + 1)
 
     def visualize(self, runner: Any, step: int) -> np.ndarray | None:
@@ -144,7 +156,8 @@ def scatter_figure(x: Tensor, labels: Sequence[int], names: Sequence[str], title
 
 def image_grid_figure(images: Tensor, captions: Sequence[str], title: str,
                       columns: int = 4) -> Any:
-    """Images in [0, 1] ``(N, 3, H, W)`` in a grid, each captioned (wrapped) with its prompt."""
+    """Images in [0, 1] ``(N, 3, H, W)`` in a grid, each captioned (wrapped) with its prompt
+    (a caption's later lines, e.g. a score, are kept whole)."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -158,10 +171,17 @@ def image_grid_figure(images: Tensor, captions: Sequence[str], title: str,
         ax.axis('off')
     for ax, image, caption in zip(axes.ravel(), images, captions, strict=False):
         ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
-        ax.set_title('\n'.join(textwrap.wrap(caption, 30)[:3]), fontsize=7)
+        ax.set_title(_wrap(caption), fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _wrap(caption: str, width: int = 30, max_lines: int = 3) -> str:
+    """The caption's first line (the prompt) wrapped to ``max_lines``; later lines (a score)
+    kept as they are."""
+    first, *rest = caption.split('\n')
+    return '\n'.join([*textwrap.wrap(first, width)[:max_lines], *rest])
 
 
 def figure_to_array(fig: Any) -> np.ndarray:
