@@ -108,11 +108,11 @@ def check_train_options(cfg, cli_options: dict) -> None:
 
     if not cfg.train_options:
         return
-    subs = ([stage_config(cfg, {k: v for k, v in s.items() if k != 'init_from'},
-                          cli_options) for s in cfg.stages]
-            if cfg.get('stages') else [copy.deepcopy(cfg)])
-    for sub in subs:
-        apply_train_options(sub, cfg.train_options)
+    if cfg.get('stages'):  # stage_config applies them to each stage
+        for s in cfg.stages:
+            stage_config(cfg, {k: v for k, v in s.items() if k != 'init_from'}, cli_options)
+    else:
+        apply_train_options(copy.deepcopy(cfg), cfg.train_options)
 
 
 def check_work_dir(cfg, args: argparse.Namespace) -> None:

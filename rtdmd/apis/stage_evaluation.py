@@ -68,9 +68,9 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
     table = format_table(metrics)
     log_report(osp.join(out_dir, 'tensorboard'), metrics, table,
                {'samples': osp.join(out_dir, 'samples.png')})
-    # The pipeline's result, at the top of its work dir (the last thing the run prints).
-    atomic_write_text(osp.join(cfg.work_dir, 'table.md'), table + '\n')
-    print_log('\n' + table, logger='current')
-    print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard)',
-              logger='current')
+    # The pipeline's result, at the top of its work dir and the last thing the run prints.
+    table_path = osp.join(cfg.work_dir, 'table.md')
+    atomic_write_text(table_path, table + '\n')
+    print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard); '
+              f'comparison ({table_path}):\n{table}', logger='current')
     return metrics
