@@ -30,15 +30,15 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout
-
-from rtdmd.testing.flux2 import qwen_tokenizer  # noqa: E402
-from rtdmd.testing.sd3 import _clip_encoder, _clip_tokenizer, _t5_tokenizer  # noqa: E402
+# torch, diffusers and rtdmd are imported inside the functions, after the arguments are parsed:
+# --help and argument errors come back in a fraction of a second.
 
 # FLUX.2-klein 4B (black-forest-labs/FLUX.2-klein-base-4B / -4B), shared/ENVIRONMENT.md: 5 double
 # + 20 single blocks, 24 heads x 128, joint_attention_dim 7680 = 3 stacked Qwen3-4B layers of 2560,
@@ -76,6 +76,8 @@ SPECS = {'flux2_klein_4b': ('FLUX.2-klein-base-4B', 'flux2_klein_4b_4step'),
 
 
 def _transformer(cls: type, kwargs: dict, device: str) -> torch.nn.Module:
+    import torch
+
     with torch.device(device):  # random init of billions of weights is fast on the GPU
         net = cls(**kwargs)
     return net.to(torch.bfloat16).cpu().eval()
@@ -84,7 +86,11 @@ def _transformer(cls: type, kwargs: dict, device: str) -> torch.nn.Module:
 def build_pipeline(model: str, scale: str, device: str) -> Any:
     """The random-weight diffusers pipeline of ``model`` (see the module docstring)."""
     import diffusers as d
+    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM, T5Config, T5EncoderModel
+
+    from rtdmd.testing.flux2 import qwen_tokenizer
+    from rtdmd.testing.sd3 import _clip_encoder, _clip_tokenizer, _t5_tokenizer
 
     torch.manual_seed(0)
     width = TEXT[model][scale]
@@ -120,6 +126,8 @@ def build_pipeline(model: str, scale: str, device: str) -> Any:
 def measure(rows: list[dict], model: str, phase: str, device: torch.device,
             fn: Callable[[], Any], iters: int = 1) -> Any:
     """Run ``fn`` ``iters`` times; record and print the first and warm seconds and the peak."""
+    import torch
+
     cuda = device.type == 'cuda'
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     gc.collect()
@@ -159,6 +167,7 @@ class PhaseRecorder:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        import torch
         from torch.utils.flop_counter import FlopCounterMode
 
         if self.depth:  # a phase inside a phase is counted by the outer one
@@ -204,6 +213,7 @@ class PhaseRecorder:
 def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argparse.Namespace,
               rows: list[dict], save: str | None) -> None:
     """Build the stage's distiller, time ``args.iters`` train steps, optionally save its LoRA."""
+    import torch
     from mmengine.optim import build_optim_wrapper
 
     from rtdmd.registry import MODELS
@@ -233,6 +243,8 @@ def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argpar
 
 
 def check_model(model: str, args: argparse.Namespace, rows: list[dict]) -> None:
+    import torch
+
     from rtdmd.datasets.text_prompts import read_prompt_file
     from rtdmd.utils.config import load_config
 
@@ -259,7 +271,8 @@ def check_model(model: str, args: argparse.Namespace, rows: list[dict]) -> None:
         run_stage(model, 'stage2', cfg, prompts[:args.batch // args.group_size], args, rows, None)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (no heavy import: ``--help`` is instant)."""
     parser = argparse.ArgumentParser(description='Real-size random-weight check of both stages.')
     parser.add_argument('--model', choices=[*SPECS, 'all'], default='all')
     parser.add_argument('--resolution', type=int, default=512)
@@ -275,8 +288,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch % args.group_size or args.iters < 1:
         parser.error('--batch must be a multiple of --group-size, and --iters >= 1')
+    import torch
+
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         parser.error(f'--device {args.device} but CUDA is not available')
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+
     from rtdmd.utils.mmengine_compat import apply_mmengine_patches
     from rtdmd.utils.setup_env import register_all_modules
     apply_mmengine_patches()

@@ -11,8 +11,10 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from rtdmd.evaluation.analytic_report import evaluate_models, format_table
+from rtdmd.evaluation.tensorboard_report import log_report
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import REWARDS
+from rtdmd.utils.atomic import atomic_write_text
 from rtdmd.utils.config import ConfigError
 
 from .loading import load_trained_model
@@ -63,6 +65,12 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
         teacher, reward, samples, beta=settings['beta'],
         beta_grid_max=settings['beta_grid_max'], num_projections=settings['num_projections'],
         reference_draws=settings['reference_draws'], seed=settings['seed'], out_dir=out_dir)
-    print_log('\n' + format_table(metrics), logger='current')
-    print_log(f'evaluation written to {out_dir}', logger='current')
+    table = format_table(metrics)
+    log_report(osp.join(out_dir, 'tensorboard'), metrics, table,
+               {'samples': osp.join(out_dir, 'samples.png')})
+    # The pipeline's result, at the top of its work dir and the last thing the run prints.
+    table_path = osp.join(cfg.work_dir, 'table.md')
+    atomic_write_text(table_path, table + '\n')
+    print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard); '
+              f'comparison ({table_path}):\n{table}', logger='current')
     return metrics

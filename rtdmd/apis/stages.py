@@ -18,6 +18,7 @@ from mmengine.config import Config
 from rtdmd.utils.checkpoint_io import find_resume_checkpoint, list_checkpoints, read_record
 from rtdmd.utils.config import ConfigError, load_config
 from rtdmd.utils.run_identity import changed_keys, config_identity
+from rtdmd.utils.train_options import apply_train_options
 
 PIPELINE_KEYS = ('stages', 'evaluation')
 # Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
@@ -53,6 +54,9 @@ def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,
     sub.stage_name = stage['name']
     sub.work_dir = osp.join(cfg.work_dir, stage['name'])
     sub.launcher = cfg.get('launcher', 'none')
+    # --amp, --auto-scale-lr applied here, so the stage's resolved config (and the identity its
+    # checkpoints record and a resume compares) is the one its Runner trains with.
+    apply_train_options(sub, list(cfg.get('train_options') or []))
     stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S_%f')
     sub.experiment_name = f"{stage['name']}_{stamp}"
     return sub

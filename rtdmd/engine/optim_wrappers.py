@@ -15,7 +15,9 @@ averaged, but a loss can be inf on one rank only).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,7 +26,8 @@ from mmengine.optim import OptimWrapper
 
 from rtdmd.registry import OPTIM_WRAPPERS
 
-__all__ = ['NonFiniteGuardOptimWrapper', 'guarded_wrappers', 'iteration_skipped']
+__all__ = ['AmpGuardOptimWrapper', 'NonFiniteGuardOptimWrapper', 'guarded_wrappers',
+           'iteration_skipped']
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -142,3 +145,33 @@ def guarded_wrappers(runner: Any) -> dict[str, NonFiniteGuardOptimWrapper]:
 def iteration_skipped(runner: Any) -> bool:
     """True when a guarded wrapper skipped a step in the current iteration (``runner.iter``)."""
     return any(w.last_skip_iter == runner.iter for w in guarded_wrappers(runner).values())
+
+
+@OPTIM_WRAPPERS.register_module()
+class AmpGuardOptimWrapper(NonFiniteGuardOptimWrapper):
+    """:class:`NonFiniteGuardOptimWrapper` whose forwards run under bf16 autocast (``--amp``).
+
+    Kept instead of mmengine's ``AmpOptimWrapper`` for two reasons: it refuses to build without
+    an accelerator (the CPU runs and tests could not use it), and its ``GradScaler`` does not
+    mix with the guard (a step the guard skips never lets the scaler lower its scale). bf16 has
+    fp32's exponent range, so it needs no loss scaling; float16 is refused for that reason.
+
+    Args:
+        optimizer, accumulative_counts, clip_grad: as :class:`NonFiniteGuardOptimWrapper`.
+        dtype: the autocast dtype; only ``'bfloat16'``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, accumulative_counts: int = 1,
+                 clip_grad: dict | None = None, dtype: str = 'bfloat16') -> None:
+        if dtype != 'bfloat16':
+            raise ValueError(f"AmpGuardOptimWrapper autocasts to 'bfloat16' only (float16 needs "
+                             f'loss scaling), got {dtype!r}')
+        super().__init__(optimizer, accumulative_counts=accumulative_counts, clip_grad=clip_grad)
+        self.cast_dtype = torch.bfloat16
+
+    @contextlib.contextmanager
+    def optim_context(self, model: torch.nn.Module) -> Iterator[None]:
+        params = [p for p in model.parameters()]
+        device_type = params[0].device.type if params else 'cpu'
+        with super().optim_context(model), torch.autocast(device_type, dtype=self.cast_dtype):
+            yield

@@ -20,7 +20,6 @@ Per model and class (``N`` samples), averaged over classes:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -30,6 +29,8 @@ import torch
 from torch import Tensor
 
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
+from rtdmd.utils.atomic import atomic_write, atomic_write_json, atomic_write_text
+from rtdmd.utils.provenance import provenance
 
 from .sliced_wasserstein import fixed_projections
 from .tilted import TiltedSampler, exact_mean_reward, sample_tilted, tilted_mixture
@@ -333,14 +334,13 @@ def write_report(out_dir: str, teacher: GaussianMixtureTeacher, reward: torch.nn
 
     os.makedirs(out_dir, exist_ok=True)
     for name, (x, c) in samples.items():
-        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-        np.savez(os.path.join(out_dir, name, 'samples.npz'),
-                 x=x.detach().cpu().numpy().astype(np.float32),
-                 c=c.detach().cpu().numpy().astype(np.int64))
-    with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-        json.dump({**metrics, '_settings': settings}, f, indent=2)
-    with open(os.path.join(out_dir, 'table.md'), 'w') as f:
-        f.write(format_table(metrics) + '\n')
+        arrays = dict(x=x.detach().cpu().numpy().astype(np.float32),
+                      c=c.detach().cpu().numpy().astype(np.int64))
+        atomic_write(os.path.join(out_dir, name, 'samples.npz'),
+                     lambda f, arrays=arrays: np.savez(f, **arrays))
+    atomic_write_json(os.path.join(out_dir, 'metrics.json'),
+                      {**metrics, '_settings': settings, '_provenance': provenance()})
+    atomic_write_text(os.path.join(out_dir, 'table.md'), format_table(metrics) + '\n')
     target, title = teacher, 'contours: teacher'
     if reward is not None and beta is not None:
         tilted = tilted_mixture(teacher, reward, beta)  # None without a closed form: teacher

@@ -133,7 +133,7 @@ def test_preflight_check_names_each_missing_snapshot(tmp_path: Path,
     with pytest.raises(MissingWeightsError, match='generator') as err:
         check_config_weights(_cfg(STAGE2['9B']))
     assert str(tmp_path / 'FLUX.2-klein-9B') in str(err.value)
-    assert 'huggingface-cli download black-forest-labs/FLUX.2-klein-9B' in str(err.value)
+    assert 'hf download black-forest-labs/FLUX.2-klein-9B' in str(err.value)
     gen = tmp_path / 'FLUX.2-klein-9B' / 'transformer'
     gen.mkdir(parents=True)
     (gen / 'config.json').write_text('{}')

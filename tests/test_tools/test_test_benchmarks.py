@@ -159,7 +159,8 @@ def test_exported_pipeline_scores_like_its_checkpoint(world: dict) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
     export = subprocess.run(
         [sys.executable, 'tools/export.py', str(world['config']), '--checkpoint',
-         str(tmp / 'iter_1.pth'), '--out', str(tmp / 'exported'), '--cfg-options',
+         str(tmp / 'iter_1.pth'), '--out', str(tmp / 'exported'), '--merged',
+         '--copy-unchanged', '--scheduler', 'cps', '--cfg-options',
          *world['options']], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
     result = run_test_tool(world['base'] + ['tiny', '--pipeline', str(tmp / 'exported'),

@@ -14,7 +14,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
+import rtdmd
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+from rtdmd.utils.provenance import git_commit
 from tests.conftest import REPO, TINY_TOY_OPTIONS
 
 CONFIG = 'configs/ac_dmd/toy2d_4step.py'
@@ -57,6 +59,8 @@ def test_train_writes_config_checkpoints_logs_and_tensorboard(tmp_path: Path) ->
     assert {'loss_fake_dsm', 'loss_dmd', 'toy/sw2_teacher'} <= set(acc.Tags()['scalars'])
     log = (result.stdout + result.stderr)
     assert 'eta:' in log and 'Iter(train) [6/6]' in log
+    # 6 iterations, fewer than the sample grids' interval: none drawn, and the log says why
+    assert not (tmp_path / 'vis').exists() and 'no sample grids' in log
 
 
 @pytest.mark.slow
@@ -88,7 +92,9 @@ def test_test_tool_writes_metrics_json(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / 'test' / 'metrics.json').read_text())
     assert set(metrics) == {'toy/sw2_teacher', 'toy/sw2_floor', 'toy/mode_tv_teacher',
-                            'toy/off_support'}
+                            'toy/off_support', '_provenance'}
+    assert metrics['_provenance']['rtdmd_version'] == rtdmd.__version__
+    assert metrics['_provenance']['git_commit'] == git_commit()  # this checkout's, or None
     assert 0 < metrics['toy/sw2_floor'] < metrics['toy/sw2_teacher'] < 10
 
 
