@@ -194,18 +194,15 @@ def _build(stage: StageConfig, opts: PlanOptions, tmp: str
             bb_cfg[key] = weightless_snapshot(source, tmp)
     if opts.gradient_checkpointing is not None:
         bb_cfg['gradient_checkpointing'] = opts.gradient_checkpointing
+        bb_cfg['vae_gradient_checkpointing'] = opts.gradient_checkpointing
     with meta_loading():
         backbone = MODELS.build(bb_cfg)
-        if stage.from_previous:
-            for role in ('generator', 'fake_score'):  # stage 1's LoRA frozen under a fresh one
-                backbone.load_role_state(role, backbone.trainable_lora(role))
+        if stage.from_previous:  # stage 1's LoRA frozen under a fresh one, as the distiller does
+            backbone.prepare_warm_start()
     notes = []
     rewards, skipped = build_reward_models(model.get('rewards') if kind == 'rtdmd' else {})
     if skipped:
         notes.append(f'rewards not planned (no planner architecture): {", ".join(skipped)}')
-    reward_bp = kind == 'rtdmd' and model.get('reward_bp_loss') is not None
-    if reward_bp and bb_cfg.get('gradient_checkpointing', True):
-        backbone.vae.enable_gradient_checkpointing()
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     to_fake(backbone, mode)
     for reward in rewards:
@@ -214,15 +211,32 @@ def _build(stage: StageConfig, opts: PlanOptions, tmp: str
     sampler = model.get('sampler') or {}
     step_list = sampler.get('step_list', [1000, 750, 500, 250])
     sigmas = backbone.sigma_schedule(step_list, backbone.latent_shape()).tolist()
-    guidance = model.get('teacher_guidance', 1.0)
+    matching = model.get('matching') or {}
+    guidance = matching.get('teacher_guidance', 1.0)
+    terms = _term_classes(model.get('terms') if kind == 'rtdmd' else None)
     workload = Workload(
         backbone=backbone, sigmas=sigmas, eta=sampler.get('eta', 0.9),
         teacher_guidance=max(guidance) if isinstance(guidance, (list, tuple)) else guidance,
-        consistency=model.get('consistency_loss') is not None,
-        policy=model.get('policy_loss') is not None,
-        distribution_matching=model.get('dmd_loss') is not None, reward_bp=reward_bp,
-        rewards=rewards)
+        consistency=matching.get('consistency_loss') is not None,
+        policy=any(not cls.needs_differentiable_reward for cls in terms),
+        distribution_matching=bool(matching) and matching.get('dmd_loss') is not None,
+        reward_bp=any(cls.needs_differentiable_reward for cls in terms), rewards=rewards)
     return workload, _residents(cfg, backbone, rewards), mode, notes
+
+
+def _term_classes(terms: dict | None) -> list[type]:
+    """The registered classes of a stage-2 config's generator ``terms`` (``None`` entries off)."""
+    from rtdmd.registry import LOSSES
+
+    out = []
+    for name, spec in (terms or {}).items():
+        if spec is None:
+            continue
+        cls = LOSSES.get(spec['type']) if isinstance(spec, dict) else type(spec)
+        if cls is None:
+            raise ValueError(f'model.terms.{name}: no registered loss {spec["type"]!r}')
+        out.append(cls)
+    return out
 
 
 def _residents(cfg: object, backbone: object, rewards: list) -> Residents:
