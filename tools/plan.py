@@ -1,6 +1,7 @@
 """Plan the per-rank GPU memory of a config's training, without a GPU and without weights.
 
     python tools/plan.py CONFIG [--gpu-memory GiB] [--nproc N] [--strategy ddp|fsdp] [--json]
+                         [--json-out FILE]
                          [--only PHASE] [--batch B] [--micro-batch rollout=R fake_score=F
                          generator=G] [--no-gradient-checkpointing] [--shard-text-encoders]
                          [--no-search] [--stage NAME ...] [--jobs J] [--cfg-options k=v ...]
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--strategy', choices=['ddp', 'fsdp'],
                         help='default: FSDP when model_wrapper_cfg names an FSDP wrapper')
     parser.add_argument('--json', action='store_true', help='print JSON instead of tables')
+    parser.add_argument('--json-out', metavar='FILE',
+                        help='also write the JSON to FILE (written whole, atomically)')
     parser.add_argument('--only', choices=PHASES, help='plan this phase only')
     parser.add_argument('--batch', type=int, help='micro-batch of every phase')
     parser.add_argument('--micro-batch', nargs='+', action=DictAction, default=None,
@@ -78,8 +81,28 @@ def main(argv: list[str] | None = None) -> None:
         stages = plan(args.config, opts, jobs=args.jobs)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    print(to_json(stages, args.gpu_memory) if args.json
-          else format_tables(stages, args.gpu_memory))
+    report = to_json(stages, args.gpu_memory)
+    if args.json_out:
+        write_atomic(args.json_out, report + '\n')
+    print(report if args.json else format_tables(stages, args.gpu_memory))
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so a reader
+    never sees half a report."""
+    import os
+    import tempfile
+
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 if __name__ == '__main__':

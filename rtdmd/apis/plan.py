@@ -113,11 +113,11 @@ class PhaseRow:
 
     def to_json(self) -> dict:
         b = self.bytes
-        return {'stage': self.stage, 'phase': self.phase, 'micro_batch': self.micro_batch,
-                'weights_gib': _gib(b.weights), 'optimizer_gib': _gib(b.optimizer),
-                'activations_gib': _gib(b.activations), 'fsdp_gather_gib': _gib(b.gather),
-                'peak_gib': _gib(b.peak), 'fits': self.fits,
-                'max_micro_batch': self.max_micro_batch,
+        return {'stage': self.stage, 'phase': self.phase, 'peak_gib': _gib(b.peak),
+                'fits': self.fits, 'micro_batch': self.micro_batch,
+                'max_micro_batch': self.max_micro_batch, 'weights_gib': _gib(b.weights),
+                'optimizer_gib': _gib(b.optimizer), 'activations_gib': _gib(b.activations),
+                'fsdp_gather_gib': _gib(b.gather),
                 'bytes': {'weights': b.weights, 'optimizer': b.optimizer,
                           'activations': b.activations, 'fsdp_gather': b.gather, 'peak': b.peak}}
 
@@ -172,12 +172,29 @@ def load_stages(config: str, cfg_options: dict | None = None) -> list[StageConfi
     return stages
 
 
+def strategy_of(cfg: object) -> tuple[str, bool]:
+    """``(strategy, reshard_after_forward)`` a config trains with.
+
+    Read from a top-level ``strategy`` (``'ddp'`` / ``'fsdp'``, or an mmengine strategy dict
+    whose ``type`` names FSDP) when the config has one, else from ``model_wrapper_cfg.type``:
+    a wrapper whose name says ``FullyShard`` or ``FSDP`` (``rtdmd.DistillerFullyShard``) is
+    FSDP, anything else DDP. ``model_wrapper_cfg.reshard_after_forward`` (default ``True``)
+    says whether FSDP frees a block's gathered weights after its forward.
+    """
+    wrapper = cfg.get('model_wrapper_cfg') or {}
+    given = cfg.get('strategy')
+    if isinstance(given, dict):
+        given = given.get('type', '')
+    name = str(given if given else wrapper.get('type', ''))
+    fsdp = name.lower() == 'fsdp' or any(k in name for k in ('FullyShard', 'FSDP'))
+    return ('fsdp' if fsdp else 'ddp'), bool(wrapper.get('reshard_after_forward', True))
+
+
 def _layout(cfg: object, kind: str, opts: PlanOptions, base: str) -> Layout:
-    wrapper = str((cfg.get('model_wrapper_cfg') or {}).get('type', ''))
-    strategy = opts.strategy or ('fsdp' if 'FSDP' in wrapper else 'ddp')
+    strategy, reshard = strategy_of(cfg)
     nproc = opts.nproc or (RELEASE_STAGE1_GPUS if kind == 'ac_dmd'
                            else RELEASE_STAGE2_GPUS.get(base, 1))
-    return Layout(strategy, nproc, opts.shard_text_encoders)
+    return Layout(opts.strategy or strategy, nproc, opts.shard_text_encoders, reshard)
 
 
 def _build(stage: StageConfig, opts: PlanOptions, tmp: str
@@ -250,6 +267,7 @@ def _residents(cfg: object, backbone: object, rewards: list) -> Residents:
     return Residents(
         transformers=module_bytes(backbone.generator, backbone.fake_score),
         transformer_gather=unsharded_bytes(backbone.generator),
+        transformer_full=module_bytes(backbone.generator),
         text_encoders=module_bytes(*text) if text else 0,
         text_gather=max((unsharded_bytes(m) for m in text), default=0),
         other_frozen=module_bytes(*vae, *(m for r in rewards for m in r.modules))
@@ -359,8 +377,8 @@ class StagePlanner:
         act = self.transient(name, batch)
         res, lay = self.residents, self.layout
         if name == CALIBRATION:  # the transformer alone, as it was measured on the GPU
-            pb = PhaseBytes(int(module_bytes(self.workload.backbone.generator) * lay.shard), 0,
-                            act, res.transformer_gather if lay.strategy == 'fsdp' else 0)
+            pb = PhaseBytes(int(res.transformer_full * lay.shard), 0, act,
+                            lay.gathered(res) if lay.strategy == 'fsdp' else 0)
         else:
             pb = phase_bytes(res, lay, act, UPDATES.get(name), name != 'text-encode',
                              name == 'text-encode')
@@ -442,4 +460,4 @@ def plan(config: str, opts: PlanOptions | None = None, jobs: int = 2) -> list[St
 
 __all__ = ['CALIBRATION', 'PhaseRow', 'PlanOptions', 'RELEASE_STAGE1_GPUS',
            'RELEASE_STAGE2_GPUS', 'StageConfig', 'StagePlan', 'StagePlanner', 'largest_fitting',
-           'load_stages', 'plan', 'plan_stage']
+           'load_stages', 'plan', 'plan_stage', 'strategy_of']

@@ -13,7 +13,9 @@ samples) on an unsharded model; the resident part is counted from the modules:
 - **FSDP2** (``fully_shard`` per transformer block and the root): the transformers' weights,
   LoRA, EMA, gradients and moments are divided by the number of ranks; while a transformer
   runs, a rank holds its unsharded root parameters and two blocks (the one computing and the
-  one prefetched); text encoders optionally likewise;
+  one prefetched), or, with ``reshard_after_forward=False``, the whole unsharded transformer
+  (every block stays gathered from its forward to its backward); text encoders optionally
+  likewise;
 - **DDP**: the gradient buckets, one more copy of the trainable gradients during backward.
 """
 
@@ -45,6 +47,7 @@ class Residents:
 
     transformers: int
     transformer_gather: int
+    transformer_full: int
     text_encoders: int
     text_gather: int
     other_frozen: int
@@ -59,6 +62,7 @@ class Layout:
     strategy: str = 'ddp'
     nproc: int = 1
     shard_text_encoders: bool = False
+    reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -69,6 +73,10 @@ class Layout:
     @property
     def shard(self) -> float:
         return 1.0 / self.nproc if self.strategy == 'fsdp' else 1.0
+
+    def gathered(self, res: Residents) -> int:
+        """Unsharded transformer bytes a rank holds while one runs under FSDP2."""
+        return res.transformer_gather if self.reshard_after_forward else res.transformer_full
 
 
 @dataclass
@@ -99,7 +107,7 @@ def phase_bytes(res: Residents, layout: Layout, activations: int, updates: str |
         optimizer += grads  # DDP's gradient buckets
     gather = 0
     if fsdp and runs_transformer:
-        gather += res.transformer_gather
+        gather += layout.gathered(res)
     if fsdp and layout.shard_text_encoders and runs_text_encoders:
         gather += res.text_gather
     return PhaseBytes(int(weights), int(optimizer), int(activations), int(gather))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 GIB = 2 ** 30
-HEADERS = ('phase', 'micro-batch', 'weights', 'optimizer', 'activations', 'FSDP gather', 'peak',
+HEADERS = ('stage', 'phase', 'micro-batch', 'weights', 'optimizer', 'activations', 'FSDP gather', 'peak',
            'fits', 'max micro-batch')
 
 
@@ -24,7 +24,7 @@ def format_tables(stages: Sequence[Any], gpu_memory: float) -> str:
         lay = st.layout
         head = (f'{st.name} ({st.kind}): {lay.strategy} over {lay.nproc} rank(s), local batch '
                 f'{st.local_batch}, GiB per rank, fits = peak <= {gpu_memory:g} GiB')
-        table = [(r.phase, r.micro_batch, _gib(r.bytes.weights), _gib(r.bytes.optimizer),
+        table = [(r.stage, r.phase, r.micro_batch, _gib(r.bytes.weights), _gib(r.bytes.optimizer),
                   _gib(r.bytes.activations), _gib(r.bytes.gather), _gib(r.bytes.peak),
                   'yes' if r.fits else 'NO',
                   '-' if r.max_micro_batch is None else (r.max_micro_batch or 'none'))
@@ -35,15 +35,17 @@ def format_tables(stages: Sequence[Any], gpu_memory: float) -> str:
 
 
 def to_json(stages: Sequence[Any], gpu_memory: float) -> str:
-    """``{"gpu_memory_gib": ..., "stages": [...], "phases": [{"stage", "phase", "peak_gib",
-    "fits", ...}, ...]}``; every figure is GiB per rank."""
-    return json.dumps({
-        'gpu_memory_gib': gpu_memory,
-        'stages': [{'stage': st.name, 'kind': st.kind, 'strategy': st.layout.strategy,
-                    'nproc': st.layout.nproc, 'local_batch': st.local_batch, 'notes': st.notes}
-                   for st in stages],
-        'phases': [row.to_json() for st in stages for row in st.rows],
-    }, indent=2)
+    """``{"phases": [{"stage", "phase", "peak_gib", "fits", ...}, ...]}``: one entry per planned
+    phase, every figure GiB per rank (``fits``: ``peak_gib <= gpu_memory``). Each entry also
+    carries the row's parts, its micro-batch, the largest that fits and the stage's layout."""
+    phases = []
+    for st in stages:
+        for row in st.rows:
+            entry = row.to_json()
+            entry.update(strategy=st.layout.strategy, nproc=st.layout.nproc,
+                         local_batch=st.local_batch, gpu_memory_gib=gpu_memory)
+            phases.append(entry)
+    return json.dumps({'phases': phases}, indent=2)
 
 
 __all__ = ['format_tables', 'to_json']
