@@ -400,8 +400,11 @@ class StagePlanner:
             out.notes.append('micro-batches of the local batch of {} samples: {}'.format(
                 self.local_batch, ', '.join(f'{k}={v}' for k, v in self.chunks.items())))
         names = ['text-encode', *self.phases] if only is None else [only]
+        w = self.workload
+        skipped = {'policy-step': not w.policy,  # a config without the term has no such pass
+                   'fake-update': self.kind == 'rtdmd' and not w.distribution_matching}
         for name in names:
-            if name not in ('text-encode', CALIBRATION, *self.phases):
+            if name not in ('text-encode', CALIBRATION, *self.phases) or skipped.get(name):
                 continue
             row = self.row(name)
             if self.opts.search and name not in ('text-encode', CALIBRATION):
