@@ -86,6 +86,7 @@ class Flux2KleinBackbone(DiffusersBackbone):
         text_encoder_out_layers: hidden-state indices stacked into the text features.
         repo_id, generator_repo_id: Hugging Face repos of the two snapshots (named in the error
             raised when a snapshot is missing).
+        vae_gradient_checkpointing, lora_compute: see :class:`DiffusersBackbone`.
     """
 
     transformer_class = Flux2Transformer2DModel
@@ -106,7 +107,9 @@ class Flux2KleinBackbone(DiffusersBackbone):
                  resolution: int = 512, max_sequence_length: int = 512,
                  text_encoder_out_layers: Sequence[int] = (9, 18, 27),
                  repo_id: str = 'black-forest-labs/FLUX.2-klein-base-4B',
-                 generator_repo_id: str = 'black-forest-labs/FLUX.2-klein-4B') -> None:
+                 generator_repo_id: str = 'black-forest-labs/FLUX.2-klein-4B',
+                 vae_gradient_checkpointing: bool = True, lora_compute: str = 'autocast'
+                 ) -> None:
         if resolution % 16:
             raise ValueError(f'FLUX.2 needs a resolution divisible by 16 (8x VAE, 2x2 patches), '
                              f'got {resolution}')
@@ -115,6 +118,8 @@ class Flux2KleinBackbone(DiffusersBackbone):
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
                          resolution=resolution, repo_id=repo_id,
+                         vae_gradient_checkpointing=vae_gradient_checkpointing,
+                         lora_compute=lora_compute,
                          generator_repo_id=generator_repo_id)
         self.max_sequence_length = max_sequence_length
         self.text_encoder_out_layers = tuple(text_encoder_out_layers)
