@@ -16,8 +16,9 @@ from mmengine.config import Config
 from rtdmd.utils.config import ConfigError, load_config
 
 PIPELINE_KEYS = ('stages', 'evaluation')
-# Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
-SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root')
+# Command-line overrides of these keys reach every stage (one world, one reward, one backbone,
+# one teacher family).
+SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root', 'family')
 
 
 def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None) -> Config:

@@ -1,6 +1,6 @@
-from .hooks import RNGStateHook, TrainableEMAHook
+from .hooks import ExportWeightsHook, RNGStateHook, TrainableEMAHook
 from .optim import DistillerOptimWrapperConstructor
 from .wrappers import DistillerDataParallel
 
 __all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'RNGStateHook',
-           'TrainableEMAHook']
+           'ExportWeightsHook', 'TrainableEMAHook']

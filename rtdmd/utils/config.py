@@ -38,7 +38,7 @@ __all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config', 'validate_confi
 #: read them from ``cfg``; an issue that adds such a key extends this set (and nothing else).
 EXTRA_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
     {'world', 'reward', 'backbone', 'stages', 'evaluation', 'weights_root', 'benchmark',
-     'train_rewards'})
+     'train_rewards', 'family'})
 
 # Top-level keys mmengine itself reads from ``cfg`` although they are not Runner arguments:
 # Config.fromfile imports ``custom_imports``; ``Runner.wrap_model`` reads the other three;

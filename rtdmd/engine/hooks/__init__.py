@@ -1,4 +1,5 @@
 from .ema import TrainableEMAHook
+from .export_weights import ExportWeightsHook
 from .rng_state import RNGStateHook
 
-__all__ = ['RNGStateHook', 'TrainableEMAHook']
+__all__ = ['RNGStateHook', 'ExportWeightsHook', 'TrainableEMAHook']
