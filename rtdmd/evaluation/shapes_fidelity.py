@@ -3,9 +3,12 @@
 :class:`ShapesFeatureNet` is a small CNN trained on the world's renderings
 (``configs/evaluation/shapes_features.py``; weights shipped in ``rtdmd/assets/shapes``) to
 recognise what the detector reads off a rendering: how many objects of each colour-shape pair
-it holds (15 heads of 0-4) and which colour dominates each cell of a 4 x 4 grid. Its penultimate
-features (``feature_dim``) describe an image; :func:`frechet_distance` compares the Gaussian
-fits of two feature sets (FID's formula, ``scipy.linalg.sqrtm`` for the matrix square root).
+it holds (15 heads of 0-4) and which colour dominates each cell of a 4 x 4 grid, and whether the
+image was corrupted after rendering (:func:`corrupt`: noise, blur, colour shift, contrast loss;
+without this head the features are blind to texture, as a scene classifier should be). Its
+penultimate features (``feature_dim``) describe an image; :func:`frechet_distance` compares the
+Gaussian fits of two feature sets (FID's formula, ``scipy.linalg.sqrtm`` for the matrix square
+root).
 
 The reference is always a set of renderings (exact samples of the world) for the same prompts,
 so the distance measures how far generated images are from the world itself, not from another
@@ -34,6 +37,7 @@ from .shapes_detector import components, segment
 ASSETS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'assets', 'shapes')
 FEATURES_FILE = osp.join(ASSETS, 'features', 'model.safetensors')
 GRID = 4
+CORRUPTIONS = ('none', 'noise', 'blur', 'color_shift', 'contrast')
 PAIRS = [(c, s) for c in COLOR_NAMES for s in SHAPES]
 
 
@@ -59,17 +63,50 @@ class ShapesFeatureNet(nn.Module):
                                   nn.SiLU())
         self.count_head = nn.Linear(feature_dim, len(PAIRS) * (MAX_OBJECTS + 1))
         self.grid_head = nn.Linear(feature_dim, GRID * GRID * (len(COLOR_NAMES) + 1))
+        self.corruption_head = nn.Linear(feature_dim, len(CORRUPTIONS))
 
     def features(self, images: Tensor) -> Tensor:
         """``(B, feature_dim)`` embedding of ``(B, 3, 32, 32)`` images in [0, 1]."""
         return self.body(images * 2 - 1)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Count logits ``(B, 15, 5)`` and grid-colour logits ``(B, 16, 6)``."""
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Count logits ``(B, 15, 5)``, grid-colour logits ``(B, 16, 6)`` and corruption logits
+        ``(B, 5)``."""
         feats = self.features(images)
         counts = self.count_head(feats).view(-1, len(PAIRS), MAX_OBJECTS + 1)
         grid = self.grid_head(feats).view(-1, GRID * GRID, len(COLOR_NAMES) + 1)
-        return counts, grid
+        return counts, grid, self.corruption_head(feats)
+
+
+def corrupt(images: Tensor, generator: torch.Generator, p: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Corrupt each image with probability ``p`` by one of :data:`CORRUPTIONS` (uniform), at a
+    random strength; returns the images and the corruption index of each (0: none).
+
+    Noise: Gaussian, std U[0.02, 0.15]; blur: Gaussian, sigma U[0.5, 1.2]; colour shift: a
+    per-channel offset U[-0.1, 0.1]; contrast: towards mid-grey by a factor U[0.6, 0.9].
+    """
+    n = images.shape[0]
+
+    def uniform(low: float, high: float) -> Tensor:
+        return low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)
+
+    kind = torch.randint(1, len(CORRUPTIONS), (n,), generator=generator)
+    kind = torch.where(torch.rand(n, generator=generator) < p, kind, 0)
+    noise = torch.randn(images.shape, generator=generator) * uniform(0.02, 0.15)
+    shift = (torch.rand(n, 3, 1, 1, generator=generator) - 0.5) * 0.2
+    contrast = 0.5 + (images - 0.5) * uniform(0.6, 0.9)
+    sigma = uniform(0.5, 1.2)
+    taps = torch.arange(-2, 3, dtype=images.dtype).view(1, 5)
+    kernel = torch.exp(-taps ** 2 / (2 * sigma.view(n, 1) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (n, 5), separable
+    padded = nn.functional.pad(images, (2, 2, 2, 2), mode='replicate')
+    rows = sum(kernel[:, i].view(n, 1, 1, 1) * padded[..., i:i + images.shape[-2], :]
+               for i in range(5))
+    blur = sum(kernel[:, i].view(n, 1, 1, 1) * rows[..., i:i + images.shape[-1]]
+               for i in range(5))
+    options = torch.stack([images, images + noise, blur, images + shift, contrast])
+    out = options[kind, torch.arange(n)]
+    return out.clamp(0, 1), kind
 
 
 def feature_targets(images: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,5 +199,6 @@ def fidelity_distance(images: Tensor, metadata: Sequence[dict[str, Any]],
     return frechet_distance(embed(net, images), embed(net, reference))
 
 
-__all__ = ['ShapesFeatureNet', 'embed', 'feature_targets', 'fidelity_distance',
+__all__ = ['CORRUPTIONS', 'ShapesFeatureNet', 'corrupt', 'embed', 'feature_targets',
+           'fidelity_distance',
            'frechet_distance', 'load_feature_net', 'render_references', 'save_feature_net']

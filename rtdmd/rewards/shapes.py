@@ -32,12 +32,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rtdmd.datasets.shapes_world import BACKGROUND, COLOR_NAMES, MAX_SIZE, MIN_SIZE, PALETTE
+from rtdmd.datasets.shapes_world import (
+    BACKGROUND,
+    COLOR_NAMES,
+    MAX_SIZE,
+    MIN_SIZE,
+    PALETTE,
+    SHAPES,
+)
 from rtdmd.evaluation.shapes_detector import clean_image, components, score_metadata, segment
 from rtdmd.registry import REWARDS
 
 from .base import MAIN_SCORE, RewardScorer
-from .geneval_rules import TAGS, GenEvalMetadataError
+from .geneval_rules import TAGS, GenEvalMetadataError, validate_metadata
 
 _MEAN_BOX_AREA = sum(s * s for s in range(MIN_SIZE, MAX_SIZE + 1)) / (MAX_SIZE - MIN_SIZE + 1)
 #: Expected area (px) of one object of each shape: the mean box area times the shape's fill.
@@ -55,6 +62,8 @@ def _check_metadata(samples: Tensor, metadata: Sequence[dict] | None, who: str) 
             f'{who} needs one GenEval metadata dict per image ({samples.shape[0]}), got '
             f'{"none" if metadata is None else len(metadata)}; use ShapesPromptDataset (field '
             f'"metadata" of each item)')
+    for i, meta in enumerate(metadata):
+        validate_metadata(meta, SHAPES, i)
 
 
 @REWARDS.register_module()
@@ -100,7 +109,9 @@ def soft_color_mass(images: Tensor, temperature: float = 20.0) -> Tensor:
     """
     bg = images.new_tensor(BACKGROUND) / 255
     dirs = images.new_tensor([PALETTE[c] for c in COLOR_NAMES]) / 255 - bg  # (K, 3)
-    d = images.float().permute(0, 2, 3, 1) - bg  # (B, H, W, 3)
+    images = images if images.dtype == torch.float64 else images.float()
+    bg, dirs = bg.to(images.dtype), dirs.to(images.dtype)
+    d = images.permute(0, 2, 3, 1) - bg  # (B, H, W, 3)
     proj = (d @ dirs.T) / dirs.pow(2).sum(1)  # (B, H, W, K)
     # Leaky below 0 (slope 0.01): a background pixel (proj ~ 0, either sign) still passes a
     # gradient towards every colour, so reward back-propagation can grow a missing object.

@@ -23,6 +23,10 @@ from torch import Tensor, nn
 
 from rtdmd.models.backbones.base import Condition
 
+#: Written next to ``model_index.json`` of a teacher folder: the backbone config that loads it
+#: (all but ``pretrained``).
+BACKBONE_RECORD = 'rtdmd_backbone.json'
+
 
 class TeacherFamily:
     """How one family builds, runs and saves its components (subclasses fill it in).

@@ -18,6 +18,8 @@ uninterrupted one drew.
 from __future__ import annotations
 
 import copy
+import json
+import os.path as osp
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +29,6 @@ from mmengine.optim import OptimWrapper
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
 
-from rtdmd.datasets.shapes import ShapesImageDataset
 from rtdmd.functional.ema import ema_update_, ema_warmup_decay
 from rtdmd.functional.flow import interpolate
 from rtdmd.functional.timesteps import sample_sigmas, shift_sigmas
@@ -35,7 +36,7 @@ from rtdmd.registry import MODELS
 from rtdmd.utils.mmengine_compat import apply_mmengine_patches
 from rtdmd.utils.rng import stream
 
-from .base import TeacherFamily
+from .base import BACKBONE_RECORD, TeacherFamily
 
 
 def _images(data: dict) -> Tensor:
@@ -131,7 +132,7 @@ class ShapesFlowTeacher(_ShapesTrainer):
         if init_checkpoint is not None:
             self.vae.load_state_dict(_vae_state(init_checkpoint))
         self.vae.requires_grad_(False).eval()
-        self._fit_latent_stats(latent_stats_images)
+        self.fit_latent_stats(latent_stats_images)
         self.text = self.family.make_text_encoders()
         self.transformer = self.family.make_transformer()
         self.ema = nn.ModuleDict(dict(text=copy.deepcopy(self.text),
@@ -139,7 +140,10 @@ class ShapesFlowTeacher(_ShapesTrainer):
         self.ema.requires_grad_(False)
 
     @torch.no_grad()
-    def _fit_latent_stats(self, count: int) -> None:
+    def fit_latent_stats(self, count: int) -> None:
+        """Set the VAE's latent normalisation from ``count`` renderings (fixed seed)."""
+        from rtdmd.datasets.shapes import ShapesImageDataset  # datasets import rewards, models
+
         dataset = ShapesImageDataset(count, split='all', seed=self.seed + 1)
         images = torch.stack([dataset[i]['image'] for i in range(count)])
         raw = torch.cat([self.family.raw_latents(self.vae, chunk)
@@ -177,11 +181,16 @@ class ShapesFlowTeacher(_ShapesTrainer):
                     live, decay)
         return log_vars
 
-    def save_teacher(self, path: str, use_ema: bool = True) -> None:
-        """Write the teacher as the family's diffusers pipeline folder."""
+    def save_teacher(self, path: str, use_ema: bool = True,
+                     dtype: torch.dtype = torch.float16) -> None:
+        """Write the teacher as the family's diffusers pipeline folder (weights in ``dtype``),
+        with :data:`~rtdmd.models.teachers.base.BACKBONE_RECORD` (the backbone config that
+        loads it)."""
         text = self.ema['text'] if use_ema else self.text
         transformer = self.ema['transformer'] if use_ema else self.transformer
-        self.family.save_pretrained(path, self.vae, text, transformer)
+        self.family.save_pretrained(path, self.vae, text, transformer, dtype)
+        with open(osp.join(path, BACKBONE_RECORD), 'w') as f:
+            json.dump(self.family.backbone_args(), f, indent=2)
 
     def export_weights(self, path: str) -> None:
         """The teacher with its EMA weights (what :class:`ExportWeightsHook` writes)."""
