@@ -35,7 +35,7 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
     packages=find_packages(include=['rtdmd', 'rtdmd.*']),
-    package_data={'rtdmd': ['datasets/prompts/*']},
+    package_data={'rtdmd': ['datasets/prompts/*', 'assets/shapes/*/*', 'assets/shapes/*/*/*']},
     install_requires=read_requirements('runtime'),
     extras_require={'tests': read_requirements('tests')},
     license='Apache-2.0',

@@ -20,8 +20,9 @@ from rtdmd.utils.config import ConfigError, load_config
 from rtdmd.utils.run_identity import changed_keys, config_identity
 
 PIPELINE_KEYS = ('stages', 'evaluation')
-# Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
-SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root')
+# Command-line overrides of these keys reach every stage (one world, one reward, one backbone,
+# one teacher family).
+SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root', 'family')
 
 
 def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,
