@@ -7,7 +7,8 @@
 _base_ = ['../_base_/default_runtime.py', '../_base_/datasets/shapes_images.py']
 model = dict(type='ShapesFeatureTrainer', width=16, feature_dim=64, seed=0)
 train_dataloader = dict(dataset=dict(split='all', seed=7))
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
+optim_wrapper = dict(type='NonFiniteGuardOptimWrapper',
+                     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
                      clip_grad=dict(max_norm=1.0))
 param_scheduler = [dict(type='OneCycleLR', eta_max=2e-3, total_steps='${train_cfg.max_iters}',
                         pct_start=0.05, anneal_strategy='cos', div_factor=25.0,

@@ -1,17 +1,9 @@
-<<<<<<< HEAD
-from .hooks import NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook, TrainableEMAHook
-=======
-from .hooks import ExportWeightsHook, RNGStateHook, TrainableEMAHook
->>>>>>> shapes
+from .hooks import (ExportWeightsHook, NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook,
+                    TrainableEMAHook)
 from .optim import DistillerOptimWrapperConstructor
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel
 
-<<<<<<< HEAD
-__all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'NonFiniteGuardHook',
-           'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
-           'TrainableEMAHook']
-=======
-__all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'RNGStateHook',
-           'ExportWeightsHook', 'TrainableEMAHook']
->>>>>>> shapes
+__all__ = ['DistillerDataParallel', 'DistillerOptimWrapperConstructor', 'ExportWeightsHook',
+           'NonFiniteGuardHook', 'NonFiniteGuardOptimWrapper', 'RNGStateHook',
+           'SafeCheckpointHook', 'TrainableEMAHook']

@@ -6,12 +6,15 @@
 model = dict(family='${family}', type='ShapesFlowTeacher', cfg_dropout=0.1,
              sigma_sampling=dict(mean=0.0, std=1.4, shift=1.0), ema_decay=0.999,
              latent_stats_images=2048, seed=0)
-optim_wrapper = dict(type='OptimWrapper',
+optim_wrapper = dict(type='NonFiniteGuardOptimWrapper',
                      optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01),
                      clip_grad=dict(max_norm=1.0))
-# One cycle: linear warm-up over the first 7 % of the run, then cosine decay.
-param_scheduler = [dict(type='OneCycleLR', eta_max=1e-3, total_steps='${train_cfg.max_iters}',
-                        pct_start=0.07, anneal_strategy='cos', div_factor=25.0,
-                        final_div_factor=100.0, by_epoch=False)]
+# Linear warm-up over the first 7 % of the default run, under a cosine decay to 1 % (plain
+# schedulers: their state is tensors and numbers, as the safe checkpoint format requires).
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.04, begin=0, end=175, by_epoch=False),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, begin=0,
+         end='${train_cfg.max_iters}', by_epoch=False),
+]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=2500)
 custom_hooks = [dict(type='ExportWeightsHook', out_dir='teacher')]

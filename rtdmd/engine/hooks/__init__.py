@@ -1,13 +1,8 @@
 from .checkpoint import SafeCheckpointHook
 from .ema import TrainableEMAHook
-<<<<<<< HEAD
+from .export_weights import ExportWeightsHook
 from .nonfinite import NonFiniteGuardHook
 from .rng_state import RNGStateHook
 
-__all__ = ['NonFiniteGuardHook', 'RNGStateHook', 'SafeCheckpointHook', 'TrainableEMAHook']
-=======
-from .export_weights import ExportWeightsHook
-from .rng_state import RNGStateHook
-
-__all__ = ['RNGStateHook', 'ExportWeightsHook', 'TrainableEMAHook']
->>>>>>> shapes
+__all__ = ['ExportWeightsHook', 'NonFiniteGuardHook', 'RNGStateHook', 'SafeCheckpointHook',
+           'TrainableEMAHook']
