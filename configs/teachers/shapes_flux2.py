@@ -6,6 +6,7 @@
 _base_ = ['../_base_/default_runtime.py', '../_base_/datasets/shapes_images.py',
           '../_base_/models/shapes_flux2_teacher.py', '../_base_/teachers/flow.py']
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=500, max_keep_ckpts=1))
+train_dataloader = dict(batch_size=32)  # the flow stage's (the VAE stage's file sets its own)
 stages = [
     dict(name='vae', config='shapes_flux2_vae.py'),
     dict(name='flow', init_from='vae'),

@@ -6,8 +6,8 @@ optim_wrapper = dict(type='NonFiniteGuardOptimWrapper',
 # Linear warm-up over the first 5 % of the default run, under a cosine decay to 1 % (plain
 # schedulers: their state is tensors and numbers, as the safe checkpoint format requires).
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.04, begin=0, end=75, by_epoch=False),
+    dict(type='LinearLR', start_factor=0.04, begin=0, end=50, by_epoch=False),
     dict(type='CosineAnnealingLR', eta_min=2e-5, begin=0,
          end='${train_cfg.max_iters}', by_epoch=False),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=1500)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)
