@@ -19,11 +19,11 @@ train_rewards = dict(geneval=dict(scorer=dict(type='ShapesGenEvalReward'), weigh
 model = dict(group_size=8, rewards='${train_rewards}',
              matching=dict(teacher_guidance=4.0, dmd_loss=dict(loss_weight=1.0)),
              terms=dict(policy=dict(loss_weight=1.0), bp=dict(loss_weight=0.1)))
-optim_wrapper = dict(generator=dict(optimizer=dict(lr=1e-4, weight_decay=0.0)),
+optim_wrapper = dict(generator=dict(optimizer=dict(lr=2e-4, weight_decay=0.0)),
                      fake_score=dict(optimizer=dict(lr=3e-4)))
 train_dataloader = dict(batch_size=4)  # prompts per epoch (x group_size samples)
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=100)  # one iteration = one epoch
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=50, max_keep_ckpts=1))
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=40)  # one iteration = one epoch
+default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=20, max_keep_ckpts=1))
 stages = [dict(name='ac_dmd', config='../ac_dmd/shapes_flux2_4step.py'),
           dict(name='rtdmd', init_from='ac_dmd')]
 # The held-out prompts (16 per tag), 2 seeds; the teacher at 28 and 4 Euler steps with CFG 4.
