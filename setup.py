@@ -35,8 +35,10 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
     packages=find_packages(include=['rtdmd', 'rtdmd.*']),
-    # Prompt sets, and the real models' configs (no weights) that the memory planner builds from.
-    package_data={'rtdmd': ['datasets/prompts/*', 'models/backbones/architectures/*/*.json',
+    # Prompt sets, the shapes world's shipped weights, and the real models' configs (no weights)
+    # that the memory planner builds from.
+    package_data={'rtdmd': ['datasets/prompts/*', 'assets/shapes/*/*', 'assets/shapes/*/*/*',
+                            'models/backbones/architectures/*/*.json',
                             'models/backbones/architectures/*/*/*.json',
                             'models/backbones/architectures/README.md',
                             'rewards/architectures/*/*.json', 'rewards/architectures/README.md']},

@@ -26,6 +26,13 @@ EVALUATION_DEFAULTS = dict(models=None, samples_per_class=4096, num_projections=
 
 def check_evaluation(evaluation: dict, stages: list[str]) -> None:
     """Known keys only; every model is ``'teacher'`` or a stage name."""
+    if evaluation.get('kind') == 'shapes':  # the shapes world's table
+        from rtdmd.evaluation.shapes_table import check_shapes_evaluation
+
+        errors = check_shapes_evaluation(evaluation, stages)
+        if errors:
+            raise ConfigError(errors)
+        return
     unknown = set(evaluation) - set(EVALUATION_DEFAULTS)
     if unknown:
         raise ConfigError([f'evaluation: unknown keys {sorted(unknown)}; valid: '
@@ -44,6 +51,8 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
     the stage's work dir.
     """
     check_evaluation(cfg.evaluation, stages)
+    if cfg.evaluation.get('kind') == 'shapes':
+        return _evaluate_shapes(cfg, stage_config)
     settings = {**EVALUATION_DEFAULTS, **cfg.evaluation}
     names = settings['models'] or ['teacher', *stages]
     teacher = GaussianMixtureTeacher.from_world(cfg.world.to_dict())
@@ -73,4 +82,28 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
     atomic_write_text(table_path, table + '\n')
     print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard); '
               f'comparison ({table_path}):\n{table}', logger='current')
+    return metrics
+
+
+def _evaluate_shapes(cfg: Config, stage_config: Callable[[str], Config]) -> dict[str, Any]:
+    """The shapes world's table (:mod:`rtdmd.evaluation.shapes_table`)."""
+    from rtdmd.evaluation.shapes_table import (
+        SHAPES_EVALUATION_DEFAULTS,
+        evaluate_shapes_models,
+        format_shapes_table,
+        shapes_samplers,
+    )
+
+    settings = {**SHAPES_EVALUATION_DEFAULTS, **cfg.evaluation.to_dict()}
+
+    def load_stage(name: str) -> torch.nn.Module:
+        sub = stage_config(name)
+        return load_trained_model(sub, latest_checkpoint(sub.work_dir))[0]
+
+    out_dir = osp.join(cfg.work_dir, 'eval')
+    with torch.no_grad():
+        metrics = evaluate_shapes_models(shapes_samplers(cfg, settings, load_stage), settings,
+                                         out_dir)
+    print_log('\n' + format_shapes_table(metrics), logger='current')
+    print_log(f'evaluation written to {out_dir}', logger='current')
     return metrics

@@ -21,8 +21,9 @@ from rtdmd.utils.run_identity import changed_keys, config_identity
 from rtdmd.utils.train_options import apply_train_options
 
 PIPELINE_KEYS = ('stages', 'evaluation')
-# Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
-SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root')
+# Command-line overrides of these keys reach every stage (one world, one reward, one backbone,
+# one teacher family).
+SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root', 'family')
 
 
 def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,

@@ -1,9 +1,10 @@
 from .fsdp import DistillerFullyShard
-from .hooks import NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook, TrainableEMAHook
+from .hooks import (ExportWeightsHook, NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook,
+                    TrainableEMAHook)
 from .optim import DistillerOptimWrapperConstructor
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel
 
 __all__ = ['DistillerDataParallel', 'DistillerFullyShard', 'DistillerOptimWrapperConstructor',
-           'NonFiniteGuardHook', 'NonFiniteGuardOptimWrapper', 'RNGStateHook', 'SafeCheckpointHook',
-           'TrainableEMAHook']
+           'ExportWeightsHook', 'NonFiniteGuardHook', 'NonFiniteGuardOptimWrapper', 'RNGStateHook',
+           'SafeCheckpointHook', 'TrainableEMAHook']
