@@ -26,7 +26,12 @@ PROBE = ('import runpy, sys; sys.argv = [{path!r}, "--help"]\n'
 
 
 def measure(path: str, repeats: int) -> tuple[float, bool, int]:
-    """Best wall time of ``path --help`` over ``repeats`` runs, torch imported, exit code."""
+    """Best wall time of ``path --help`` over ``repeats`` runs, torch imported, exit code.
+
+    A fresh interpreter's wall time (start-up and imports included) is the figure, so each run
+    is a subprocess timed by ``perf_counter``; ``torch.utils.benchmark.Timer`` times statements
+    inside this process and would only wrap ``subprocess.run`` (adding its warm-up runs).
+    """
     env = dict(os.environ, PYTHONPATH=ROOT)
     best, torch_loaded, code = float('inf'), False, 0
     for _ in range(repeats):

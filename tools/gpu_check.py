@@ -125,7 +125,13 @@ def build_pipeline(model: str, scale: str, device: str) -> Any:
 
 def measure(rows: list[dict], model: str, phase: str, device: torch.device,
             fn: Callable[[], Any], iters: int = 1) -> Any:
-    """Run ``fn`` ``iters`` times; record and print the first and warm seconds and the peak."""
+    """Run ``fn`` ``iters`` times; record and print the first and warm seconds and the peak.
+
+    Timed by hand rather than with ``torch.utils.benchmark.Timer``: the first call's time is a
+    figure of its own (allocation, kernel selection), ``fn`` returns the losses reported, and a
+    train step changes the model, so Timer's extra warm-up calls (at least two per ``timeit``)
+    would train more steps than asked and hide the cold start.
+    """
     import torch
 
     cuda = device.type == 'cuda'

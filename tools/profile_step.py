@@ -114,7 +114,14 @@ def generator_flops(model: nn.Module, data: Any) -> tuple[int, int, dict[str, in
 
 def time_train_steps(model: nn.Module, optim_wrapper: Any, batches: Iterator[Any], iters: int,
                      warmup: int, device: torch.device) -> list[float]:
-    """Seconds of each of ``iters`` ``train_step`` calls after ``warmup`` untimed ones."""
+    """Seconds of each of ``iters`` ``train_step`` calls after ``warmup`` untimed ones.
+
+    Timed by hand rather than with ``torch.utils.benchmark.Timer``: each step consumes a batch
+    and updates the model, and the tool reports the spread over exactly ``iters`` steps after
+    exactly ``warmup``; Timer's ``timeit`` adds its own warm-up calls and returns one mean, its
+    ``blocked_autorange`` chooses the number of steps by time, and it would run the step with
+    one thread unless told otherwise. The CUDA synchronisation it would add is done here.
+    """
     import torch
 
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
