@@ -1,5 +1,10 @@
-from .hooks import (ExportWeightsHook, NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook,
-                    TrainableEMAHook)
+from .hooks import (
+                    ExportWeightsHook,
+                    NonFiniteGuardHook,
+                    RNGStateHook,
+                    SafeCheckpointHook,
+                    TrainableEMAHook,
+)
 from .optim import DistillerOptimWrapperConstructor
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel
