@@ -76,3 +76,25 @@ def test_both_stages_train_from_the_shipped_teacher_and_the_table_is_scored(
         assert 0 <= m['soft'] <= 1 and math.isfinite(m['fidelity']) and m['fidelity'] >= 0
     assert (work / 'eval' / 'grid.png').is_file()
     assert '| ac_dmd | 4 |' in (work / 'eval' / 'table.md').read_text()
+
+
+@pytest.mark.slow
+def test_shapes_benchmark_scores_the_shipped_teacher(tmp_path: Path) -> None:
+    """tools/test.py --benchmarks shapes on the teacher: the detector's and the soft reward's
+    columns, per tag, for the first held-out prompts."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
+    result = subprocess.run(
+        [sys.executable, 'tools/test.py', CONFIG, '--work-dir', str(tmp_path), '--benchmarks',
+         'shapes', '--models', 'teacher', '--teacher-steps', '2', '--max-prompts', '4',
+         '--seeds', '0', '--name', 'teacher=t2'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    metrics = json.loads((tmp_path / 'benchmarks' / 't2' / 'metrics.json').read_text())
+    assert metrics['_settings']['shapes']['steps'] == 2
+    for key in ('shapes/shapes_geneval', 'shapes/shapes_geneval/strict_accuracy',
+                'shapes/shapes_geneval/clean', 'shapes/shapes_soft'):
+        summary = metrics[key]
+        assert summary['count'] == 4 and 0 <= summary['mean'] <= 1, key
+    lines = (tmp_path / 'benchmarks' / 't2' / 'shapes' / 'scores.jsonl').read_text().splitlines()
+    scores = [json.loads(line) for line in lines if '_settings' not in json.loads(line)]
+    assert len(scores) == 4  # one row per image, after the settings header
