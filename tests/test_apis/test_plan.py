@@ -176,7 +176,8 @@ def test_fsdp_gathers_the_root_and_the_two_largest_blocks() -> None:
 
 def test_phase_bytes_divide_what_fsdp_shards() -> None:
     res = Residents(transformers=800, transformer_gather=90, transformer_full=400,
-                    text_encoders=400, text_gather=60, other_frozen=50, trainable={'generator': 16, 'fake_score': 8}, ema=16)
+                    text_encoders=400, text_gather=60, other_frozen=50,
+                    trainable={'generator': 16, 'fake_score': 8}, ema=16)
     fsdp = phase_bytes(res, Layout('fsdp', 4), 1000, 'generator', True, False)
     assert fsdp.weights == 50 + 400 + (800 + 16) / 4
     assert fsdp.optimizer == (2 * 24 + 16) / 4

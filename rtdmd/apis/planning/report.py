@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 GIB = 2 ** 30
-HEADERS = ('stage', 'phase', 'micro-batch', 'weights', 'optimizer', 'activations', 'FSDP gather', 'peak',
-           'fits', 'max micro-batch')
+HEADERS = ('stage', 'phase', 'micro-batch', 'weights', 'optimizer', 'activations',
+           'FSDP gather', 'peak', 'fits', 'max micro-batch')
 
 
 def _gib(n: int) -> str:
