@@ -34,6 +34,22 @@ def test_torchrun_prefix_honours_the_multi_node_variables() -> None:
     assert slurm.tool_args() == ['--launcher', 'slurm']
 
 
+def test_help_imports_neither_torch_nor_mmengine() -> None:
+    """--help answers before the sweep's modules load (torch alone takes seconds)."""
+    code = ('import runpy, sys\n'
+            'sys.argv = ["tools/sweep.py", "--help"]\n'
+            'try:\n'
+            '    runpy.run_path("tools/sweep.py", run_name="__main__")\n'
+            'except SystemExit:\n'
+            '    pass\n'
+            'print([m for m in ("torch", "mmengine") if m in sys.modules])\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'usage: sweep.py' in result.stdout and '--slurm PARTITION' in result.stdout
+    assert result.stdout.splitlines()[-1] == '[]'
+
+
 def test_slurm_dry_run_prints_one_array_of_the_unfinished_points(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """tools/slurm_train.sh with a sweep file: one sbatch --array task per unfinished point
