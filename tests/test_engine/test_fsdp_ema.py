@@ -90,6 +90,7 @@ def _close(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_val_and_test_evaluate_the_ema_under_fsdp(runs: dict) -> None:
     ddp, fsdp = runs['ddp'], runs['fsdp']
     # the EMA lags the live weights, and the metric sees the difference
@@ -104,6 +105,7 @@ def test_val_and_test_evaluate_the_ema_under_fsdp(runs: dict) -> None:
             assert fsdp[phase][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (phase, key)
 
 
+@pytest.mark.slow
 def test_the_swap_back_restores_the_live_shards_exactly(runs: dict) -> None:
     for engine in ENGINES:
         live, after = runs[engine]['live'], runs[engine]['after']

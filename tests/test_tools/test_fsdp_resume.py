@@ -136,6 +136,7 @@ def _same(a: dict, b: dict, iteration: int, exact: bool) -> None:
             torch.testing.assert_close(ta[key], tb[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_is_full_and_resumes_exactly(chain: Path) -> None:
     ckpt = _load(chain / 'one_to_two' / 'iter_3.pth')
     # full tensors in the single-process layout: LoRA of rank 4, int-keyed optimizer state
@@ -148,12 +149,14 @@ def test_fsdp_checkpoint_is_full_and_resumes_exactly(chain: Path) -> None:
     _same(_load(chain / 'fsdp_resumed' / 'iter_3.pth'), ckpt, 3, exact=True)
 
 
+@pytest.mark.slow
 def test_one_process_resumes_on_two_fsdp_ranks(chain: Path) -> None:
     """Iteration 1 of one process, continued on 2 FSDP ranks, trains its iteration 2."""
     _same(_load(chain / 'one_to_two' / 'iter_2.pth'), _load(chain / 'single' / 'iter_2.pth'), 2,
           exact=False)
 
 
+@pytest.mark.slow
 def test_two_fsdp_ranks_resume_on_one(chain: Path) -> None:
     """Iteration 2 of 2 FSDP ranks, continued in one process, ends where the 2 ranks end."""
     _same(_load(chain / 'two_to_one' / 'iter_3.pth'), _load(chain / 'one_to_two' / 'iter_3.pth'),
