@@ -5,7 +5,8 @@
     bash tools/dist_train.sh SWEEP_CONFIG GPUS [...]       # = --gpus GPUS: torchrun per point
     bash tools/slurm_train.sh PARTITION JOB SWEEP_CONFIG [WORK_DIR] [...]  # = --slurm: job array
 
-Every point's config is loaded and validated (pipeline stages included) before anything runs.
+Every point's config is loaded and validated (pipeline stages included) before anything runs or
+is submitted (a Slurm array task validates its own point only).
 A point trains in ``<work_dir>/<axis>=<value>,...`` with its output in ``sweep.log`` there; a
 single-stage config is then evaluated by tools/test.py. A point whose metrics file exists is
 skipped, so a crashed sweep continues where it stopped. The table of all points goes to
