@@ -5,7 +5,8 @@
     bash tools/dist_train.sh SWEEP_CONFIG GPUS [...]       # = --gpus GPUS: torchrun per point
     bash tools/slurm_train.sh PARTITION JOB SWEEP_CONFIG [WORK_DIR] [...]  # = --slurm: job array
 
-Every point's config is loaded and validated (pipeline stages included) before anything runs.
+Every point's config is loaded and validated (pipeline stages included) before anything runs or
+is submitted (a Slurm array task validates its own point only).
 A point trains in ``<work_dir>/<axis>=<value>,...`` with its output in ``sweep.log`` there; a
 single-stage config is then evaluated by tools/test.py. A point whose metrics file exists is
 skipped, so a crashed sweep continues where it stopped. The table of all points goes to
@@ -22,17 +23,30 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
-
-from mmengine.config import DictAction
+from typing import TYPE_CHECKING
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
 
-from rtdmd.apis import sweep as grid  # noqa: E402
-from rtdmd.apis.stages import default_work_dir  # noqa: E402
+# The standard library only until the arguments are parsed (--help answers at once); the
+# sweep's modules (mmengine, and torch for the configs' validation) are imported where used.
 from rtdmd.apis.sweep_launch import Launch, SlurmArray  # noqa: E402
 
+if TYPE_CHECKING:
+    from rtdmd.apis import sweep as grid
+
 CHECKPOINT = '<last checkpoint>'  # filled in once the point has trained
+
+
+class DictOptions(argparse.Action):
+    """mmengine's ``DictAction`` (the parsing train.py applies to the same options), imported
+    only when the option is given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: list[str], option_string: str | None = None) -> None:
+        from mmengine.config import DictAction
+
+        DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='default: work_dirs/<sweep path below configs/>')
     parser.add_argument('--jobs', type=int, default=1, help='points run at a time')
     parser.add_argument('--dry-run', action='store_true', help='print the commands only')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+    parser.add_argument('--cfg-options', nargs='+', action=DictOptions, default={},
                         help="options for every point, over the sweep's own cfg_options")
     parser.add_argument('--gpus', type=int, default=0,
                         help='run every point on this many processes per node (torchrun; '
@@ -70,6 +84,8 @@ def tool(name: str) -> str:
 def commands(job: grid.Job, config: str, launch: Launch | None = None) -> list[list[str]]:
     """train.py (resuming an interrupted single-stage run), then test.py for a single stage,
     each under ``launch`` (one process by default)."""
+    from rtdmd.apis import sweep as grid
+
     launch = launch or Launch()
     options = ['--cfg-options', *grid.format_options(job.options)] if job.options else []
     train = [*launch.prefix(), tool('train.py'), config, *launch.tool_args(), '--work-dir',
@@ -95,6 +111,7 @@ def show(cmd: list[str], job: grid.Job) -> str:
 
 def run_job(job: grid.Job, config: str, env: dict, launch: Launch | None = None) -> bool:
     """Run a point's commands into its ``sweep.log``; True if its metrics file appeared."""
+    from rtdmd.apis import sweep as grid
     from rtdmd.apis.stages import latest_checkpoint
 
     os.makedirs(job.work_dir, exist_ok=True)
@@ -123,6 +140,8 @@ def submit(args: argparse.Namespace, jobs: list[grid.Job], done: set[str],
            work_dir: str) -> int:
     """Submit the unfinished points as one job array and the table job after it (with
     --dry-run: print both sbatch commands)."""
+    from rtdmd.apis import sweep as grid
+
     array = SlurmArray(args.slurm, args.job_name, args.gpus, args.gpus_per_node,
                        args.cpus_per_task, args.srun_args)
     options = ['--cfg-options', *grid.format_options(args.cfg_options)] if args.cfg_options \
@@ -149,15 +168,17 @@ def submit(args: argparse.Namespace, jobs: list[grid.Job], done: set[str],
     return 0
 
 
-def run_points(args: argparse.Namespace, jobs: list[grid.Job], done: set[str],
-               config: str) -> list[str]:
-    """Run the unfinished points (``--jobs`` at a time); return the logs of failed ones."""
+def run_points(args: argparse.Namespace, jobs: list[grid.Job], done: set[str], config: str,
+               first: int = 0, total: int | None = None) -> list[str]:
+    """Run the unfinished points (``--jobs`` at a time); return the logs of failed ones.
+    ``jobs`` are the grid's points ``first``, ``first + 1``, ... of ``total`` (default all)."""
     from tqdm import tqdm
 
     env = dict(os.environ)
     if args.jobs > 1:  # share the cores between the concurrent points
         env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // args.jobs)))
-    index = {job.point.name: k for k, job in enumerate(jobs, 1)}
+    index = {job.point.name: k for k, job in enumerate(jobs, first + 1)}
+    total = total or len(jobs)
     for name in sorted(done, key=index.get):
         print(f'{name}: finished earlier, skipped', flush=True)
     failed = []
@@ -166,7 +187,7 @@ def run_points(args: argparse.Namespace, jobs: list[grid.Job], done: set[str],
     bar = tqdm(total=len(todo), desc='sweep', unit='point', file=sys.stderr, disable=None)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         def start(job: grid.Job) -> bool:  # in the worker: lines in the order things happen
-            bar.write(f'point {index[job.point.name]}/{len(jobs)}: {job.point.name} (log in '
+            bar.write(f'point {index[job.point.name]}/{total}: {job.point.name} (log in '
                       f'{job.work_dir}/sweep.log)', file=sys.stdout)
             sys.stdout.flush()
             ok = run_job(job, config, env, launch)
@@ -186,6 +207,8 @@ def run_points(args: argparse.Namespace, jobs: list[grid.Job], done: set[str],
 
 
 def write_table(sweep: grid.Sweep, jobs: list[grid.Job], work_dir: str) -> None:
+    from rtdmd.apis import sweep as grid
+
     results = {j.point.name: grid.read_metrics(grid.metrics_file(j))
                for j in jobs if osp.isfile(grid.metrics_file(j))}
     try:
@@ -199,25 +222,35 @@ def write_table(sweep: grid.Sweep, jobs: list[grid.Job], work_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from rtdmd.apis import sweep as grid
+    from rtdmd.apis.stages import default_work_dir
+
     work_dir = args.work_dir or default_work_dir(args.sweep)
     try:
         sweep = grid.load_sweep(args.sweep)
-        jobs = grid.plan_jobs(sweep, work_dir, {**sweep.cfg_options, **args.cfg_options})
+        points = sweep.points()
+        first = 0
+        if args.point is not None:  # one array task: that point only, the table job after
+            if not 0 <= args.point < len(points):
+                raise grid.SweepError(f'--point {args.point}: the grid has points 0 to '
+                                      f'{len(points) - 1}')
+            first = args.point
+        jobs = grid.plan_jobs(sweep, work_dir, {**sweep.cfg_options, **args.cfg_options},
+                              points if args.point is None else [points[first]])
     except grid.SweepError as err:
         sys.exit(f'error: {err}')
     config = osp.relpath(sweep.config)
     done = {j.point.name for j in jobs if osp.isfile(grid.metrics_file(j))}
     if args.slurm:
         return submit(args, jobs, done, work_dir)
-    if args.point is not None:  # one array task: that point only, the table job comes after
-        jobs = [jobs[args.point]]
     if args.dry_run:
-        for k, job in enumerate(jobs, 1):
-            print(f'# point {k}/{len(jobs)}: {job.point.name}' + (
+        for k, job in enumerate(jobs, first + 1):
+            print(f'# point {k}/{len(points)}: {job.point.name}' + (
                 ': finished earlier, skipped' if job.point.name in done else ''))
             print('\n'.join(show(cmd, job) for cmd in commands(job, config, launch_of(args))))
         return 0
-    failed = [] if args.collect else run_points(args, jobs, done, config)
+    failed = [] if args.collect else run_points(args, jobs, done, config, first,
+                                                   len(points))
     if args.point is not None:
         return 1 if failed else 0
     if int(os.environ.get('NODE_RANK', '0')) == 0:  # one node of a multi-node sweep writes

@@ -171,14 +171,16 @@ def value_label(value: Any) -> str:
     return format_value(value).replace('"', '').replace('/', '_')
 
 
-def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
-    """One job per point; every point's config, and each of its stages', loads and validates."""
+def plan_jobs(sweep: Sweep, work_dir: str, common: dict,
+              points: list[Point] | None = None) -> list[Job]:
+    """One job per point (``points``: these only, default the whole grid); every point's config,
+    and each of its stages', loads and validates."""
     from rtdmd.apis.pipeline import check_pipeline
     from rtdmd.apis.stages import split_stage_options
     from rtdmd.utils.config import load_config
 
     jobs, errors = [], []
-    for point in sweep.points():
+    for point in sweep.points() if points is None else points:
         options = {**common, **point.options}
         point_dir = osp.join(work_dir, point.name)
         where = point.name

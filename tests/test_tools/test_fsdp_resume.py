@@ -1,27 +1,41 @@
-"""FSDP through the real Runner: tools/dist_train.sh on 2 gloo processes, checkpoints, resumes.
+"""FSDP through tools/train.py and the real Runner on 2 gloo ranks: checkpoints and resumes.
 
 Stage 2 on tiny FLUX.2 (its draws are keyed by each sample's group, so 2 ranks with a batch of
 1 train what one process with a batch of 2 trains). The checkpoints of a sharded run hold full
-tensors, the layout of a one-process run, so it resumes under FSDP exactly, and on 1 rank; a
-one-process checkpoint resumes on 2 FSDP ranks.
+tensors, the layout of a one-process run, so one chain of short runs shows every resume:
+
+- ``single``: one process, iterations 1-2;
+- ``one_to_two``: 2 FSDP ranks resume ``single``'s iteration 1 and train to 3 (1 -> 2 ranks:
+  its iteration 2 is ``single``'s);
+- ``fsdp_resumed``: 2 FSDP ranks resume ``one_to_two``'s iteration 2 (exactly its iteration 3);
+- ``two_to_one``: one process resumes ``one_to_two``'s iteration 2 (2 -> 1: its iteration 3).
+
+All four run in one spawn of two processes (``tools/train.py``'s ``main``, ``--launcher
+pytorch`` for the ranked runs), so the imports are paid once; ``tools/dist_train.sh`` itself is
+run by tests/test_tools/test_train_test_tools.py and the sweep test.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from tests.test_models.test_rtdmd_scale import _free_port
-from tests.test_tools.test_train_flux2 import _load, run_train
+from tests.conftest import REPO
+from tests.ranks import free_port, start_ranks
+from tests.test_tools.test_train_flux2 import _load
 
 CONFIG = 'configs/rtdmd/flux2_klein_4b_4step.py'
 FSDP = 'model_wrapper_cfg.type=rtdmd.DistillerFullyShard'
+GLOBAL_BATCH = 2
 
 
-def _options(weights: Path) -> list[str]:
+def _options(weights: Path, ranks: int, max_iters: int) -> list[str]:
     from rtdmd.testing.flux2 import TINY_MAX_SEQUENCE_LENGTH, TINY_RESOLUTION, tiny_backbone_cfg
 
     cfg = tiny_backbone_cfg(str(weights))
@@ -31,33 +45,73 @@ def _options(weights: Path) -> list[str]:
             f'backbone.max_sequence_length={TINY_MAX_SEQUENCE_LENGTH}',
             'backbone.text_encoder_out_layers=[1,2,3]', 'backbone.dtype=float32',
             'backbone.gradient_checkpointing=False', 'backbone.lora.rank=4',
-            'backbone.lora.alpha=8', 'train_cfg.max_iters=2', 'train_dataloader.num_workers=0',
-            'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
-            'model.group_size=2', 'train_rewards._delete_=True',
-            'train_rewards.main.scorer.type=ImageBrightnessReward',
-            'custom_hooks.0.interval=1']  # an EMA pull every iteration
+            'backbone.lora.alpha=8', f'train_cfg.max_iters={max_iters}',
+            f'train_dataloader.batch_size={GLOBAL_BATCH // ranks}',
+            'train_dataloader.num_workers=0', 'default_hooks.checkpoint.interval=1',
+            'default_hooks.logger.interval=1', 'model.group_size=2',
+            'train_rewards._delete_=True', 'train_rewards.main.scorer.type=ImageBrightnessReward',
+            'custom_hooks.0.interval=1',  # an EMA pull every iteration
+            *([FSDP] if ranks > 1 else [])]
 
 
-def _train(work_dir: Path, weights: Path, ranks: int, *extra: str) -> dict:
-    """Train (or resume) to iteration 2; the global batch is 2 prompts x K = 2."""
-    options = [*_options(weights), f'train_dataloader.batch_size={2 // ranks}']
+def _train_tool():
+    spec = importlib.util.spec_from_file_location('rtdmd_tools_train', REPO / 'tools' / 'train.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tool, root: Path, name: str, ranks: int, max_iters: int,
+         resume: Path | None = None) -> None:
+    """tools/train.py into ``root/name`` (``resume``: a copy of that checkpoint there)."""
+    work_dir = root / name
+    args = [CONFIG, '--work-dir', str(work_dir)]
+    if resume is not None:
+        if dist.is_initialized():
+            dist.barrier()  # every rank has finished writing what it resumes
+        if int(os.environ.get('RANK', '0')) == 0:
+            work_dir.mkdir(parents=True)
+            for suffix in ('', '.json'):
+                shutil.copy(f'{resume}{suffix}', f'{work_dir / resume.name}{suffix}')
+        if dist.is_initialized():
+            dist.barrier()
+        args += ['--resume', str(work_dir / resume.name)]
     if ranks > 1:
-        options.append(FSDP)
-        cmd = ['bash', 'tools/dist_train.sh', CONFIG, str(ranks)]
-    else:
-        cmd = None
-    args = ['--work-dir', str(work_dir), *extra, '--cfg-options', *options]
-    result = run_train(args, env={'PORT': str(_free_port())},
-                       python=cmd) if cmd else run_train([CONFIG, *args])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return _load(work_dir / 'iter_2.pth')
+        args += ['--launcher', 'pytorch']
+    tool.main([*args, '--cfg-options', *_options(root / 'weights', ranks, max_iters)])
 
 
-def _resume_from(checkpoint: Path, work_dir: Path, weights: Path, ranks: int) -> dict:
-    work_dir.mkdir(parents=True)
-    shutil.copy(checkpoint, work_dir / checkpoint.name)
-    shutil.copy(str(checkpoint) + '.json', work_dir / (checkpoint.name + '.json'))
-    return _train(work_dir, weights, ranks, '--resume', str(work_dir / checkpoint.name))
+def _worker(rank: int, port: int, root: str) -> None:
+    root = Path(root)
+    torch.set_num_threads(1)
+    tool = _train_tool()
+    if rank == 0:  # rank 1 waits in the rendezvous meanwhile
+        _run(tool, root, 'single', 1, 2)
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE='2')
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    try:
+        _run(tool, root, 'one_to_two', 2, 3, root / 'single' / 'iter_1.pth')
+        _run(tool, root, 'fsdp_resumed', 2, 3, root / 'one_to_two' / 'iter_2.pth')
+    finally:
+        dist.destroy_process_group()
+    for key in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'):
+        del os.environ[key]
+    if rank == 1:  # the other process is done: one process again
+        _run(tool, root, 'two_to_one', 1, 3, root / 'one_to_two' / 'iter_2.pth')
+
+
+@pytest.fixture(scope='module')
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import rtdmd.apis.pipeline  # noqa: F401  (imported here once: forked ranks inherit it)
+    from rtdmd.testing.flux2 import build_flux2_klein_dirs
+    from rtdmd.utils.setup_env import register_all_modules
+
+    register_all_modules()
+    root = tmp_path_factory.mktemp('fsdp_resume')
+    build_flux2_klein_dirs(str(root / 'weights'))  # once, before the ranks read it
+    start_ranks(_worker, (free_port(), str(root)))
+    return root
 
 
 def _tensors(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -71,10 +125,10 @@ def _tensors(ckpt: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def _same(a: dict, b: dict, exact: bool) -> None:
+def _same(a: dict, b: dict, iteration: int, exact: bool) -> None:
     ta, tb = _tensors(a), _tensors(b)
     assert ta.keys() == tb.keys() and ta
-    assert int(a['meta']['iter']) == int(b['meta']['iter']) == 2
+    assert int(a['meta']['iter']) == int(b['meta']['iter']) == iteration
     for key in ta:
         if exact:
             assert torch.equal(ta[key], tb[key]), key
@@ -82,17 +136,9 @@ def _same(a: dict, b: dict, exact: bool) -> None:
             torch.testing.assert_close(ta[key], tb[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-@pytest.fixture(scope='module')
-def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 2-rank FSDP run of 2 iterations, a checkpoint after each."""
-    root = tmp_path_factory.mktemp('fsdp')
-    ckpt = _train(root / 'run', root / 'weights', 2)
-    return dict(root=root, iter2=ckpt, iter1=root / 'run' / 'iter_1.pth')
-
-
 @pytest.mark.slow
-def test_fsdp_checkpoint_is_full_and_resumes_exactly(fsdp_run: dict) -> None:
-    root, ckpt = fsdp_run['root'], fsdp_run['iter2']
+def test_fsdp_checkpoint_is_full_and_resumes_exactly(chain: Path) -> None:
+    ckpt = _load(chain / 'one_to_two' / 'iter_3.pth')
     # full tensors in the single-process layout: LoRA of rank 4, int-keyed optimizer state
     lora_a = [v for k, v in ckpt['state_dict'].items() if k.endswith('lora_A.default.weight')]
     assert lora_a and all(v.shape[0] == 4 and type(v) is torch.Tensor for v in lora_a)
@@ -100,25 +146,18 @@ def test_fsdp_checkpoint_is_full_and_resumes_exactly(fsdp_run: dict) -> None:
     assert ckpt['ema_state'].keys() == {
         k[len('backbone.generator.'):] for k in ckpt['state_dict']
         if k.startswith('backbone.generator.') and '.default.' in k}
-    resumed = _resume_from(fsdp_run['iter1'], root / 'resumed', root / 'weights', 2)
-    _same(resumed, ckpt, exact=True)
+    _same(_load(chain / 'fsdp_resumed' / 'iter_3.pth'), ckpt, 3, exact=True)
 
 
 @pytest.mark.slow
-def test_two_fsdp_ranks_resume_on_one(fsdp_run: dict) -> None:
-    """The 2-rank checkpoint of iteration 1, continued in one process, ends where the 2-rank
-    run ends (both train the same global batches)."""
-    root = fsdp_run['root']
-    on_one = _resume_from(fsdp_run['iter1'], root / 'two_to_one', root / 'weights', 1)
-    _same(on_one, fsdp_run['iter2'], exact=False)
+def test_one_process_resumes_on_two_fsdp_ranks(chain: Path) -> None:
+    """Iteration 1 of one process, continued on 2 FSDP ranks, trains its iteration 2."""
+    _same(_load(chain / 'one_to_two' / 'iter_2.pth'), _load(chain / 'single' / 'iter_2.pth'), 2,
+          exact=False)
 
 
 @pytest.mark.slow
-def test_one_process_resumes_on_two_fsdp_ranks(fsdp_run: dict) -> None:
-    """A one-process run equals the 2-rank FSDP run, and its iteration 1 continued on 2 FSDP
-    ranks ends where it ends."""
-    root, weights = fsdp_run['root'], fsdp_run['root'] / 'weights'
-    single = _train(root / 'single', weights, 1)
-    _same(single, fsdp_run['iter2'], exact=False)
-    on_two = _resume_from(root / 'single' / 'iter_1.pth', root / 'one_to_two', weights, 2)
-    _same(on_two, single, exact=False)
+def test_two_fsdp_ranks_resume_on_one(chain: Path) -> None:
+    """Iteration 2 of 2 FSDP ranks, continued in one process, ends where the 2 ranks end."""
+    _same(_load(chain / 'two_to_one' / 'iter_3.pth'), _load(chain / 'one_to_two' / 'iter_3.pth'),
+          3, exact=False)

@@ -13,8 +13,8 @@ import pytest
 
 from rtdmd.apis.sweep_launch import Launch
 from tests.conftest import REPO, TINY_TOY_OPTIONS
-from tests.test_models.test_rtdmd_scale import _free_port
-from tests.test_tools.test_sweep import write_sweep
+from tests.ranks import free_port
+from tests.test_tools.test_sweep import load_module, write_sweep
 
 
 def _env(**extra: str) -> dict:
@@ -34,7 +34,24 @@ def test_torchrun_prefix_honours_the_multi_node_variables() -> None:
     assert slurm.tool_args() == ['--launcher', 'slurm']
 
 
-def test_slurm_dry_run_prints_one_array_of_the_unfinished_points(tmp_path: Path) -> None:
+def test_help_imports_neither_torch_nor_mmengine() -> None:
+    """--help answers before the sweep's modules load (torch alone takes seconds)."""
+    code = ('import runpy, sys\n'
+            'sys.argv = ["tools/sweep.py", "--help"]\n'
+            'try:\n'
+            '    runpy.run_path("tools/sweep.py", run_name="__main__")\n'
+            'except SystemExit:\n'
+            '    pass\n'
+            'print([m for m in ("torch", "mmengine") if m in sys.modules])\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'usage: sweep.py' in result.stdout and '--slurm PARTITION' in result.stdout
+    assert result.stdout.splitlines()[-1] == '[]'
+
+
+def test_slurm_dry_run_prints_one_array_of_the_unfinished_points(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """tools/slurm_train.sh with a sweep file: one sbatch --array task per unfinished point
     (each its own work dir, GPUS tasks over ceil(GPUS / GPUS_PER_NODE) nodes), then a table
     job after the array; nothing is submitted."""
@@ -59,28 +76,37 @@ def test_slurm_dry_run_prints_one_array_of_the_unfinished_points(tmp_path: Path)
     assert f'--work-dir {work_dir}' in task and '--srun-args=--qos=high' in task
     assert table[table.index('-p') + 1] == 'gpu' and '--dependency=afterany:<array job id>' in table
     assert '--collect' in table[-1]
-    # what array task 1 runs: srun over its allocation, --launcher slurm, its own work dir
-    point = subprocess.run(
-        [sys.executable, 'tools/sweep.py', str(spec), '--work-dir', str(work_dir), '--point',
-         '1', '--srun-args=--qos=high', '--dry-run'], cwd=REPO, env=_env(), capture_output=True,
-        text=True, timeout=120)
-    assert point.returncode == 0, point.stderr[-3000:]
-    train = next(line for line in point.stdout.splitlines() if 'tools/train.py' in line)
+    # what array task 1 runs (that point alone is validated): srun over its allocation,
+    # --launcher slurm, its own work dir
+    code = load_module('sweep.py').main([str(spec), '--work-dir', str(work_dir), '--point', '1',
+                                         '--srun-args=--qos=high', '--dry-run'])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[0] == '# point 2/2: ratio=2'
+    train = next(line for line in out.splitlines() if 'tools/train.py' in line)
     assert train.startswith('srun --kill-on-bad-exit=1 --qos=high ')
     assert '--launcher slurm' in train and f'--work-dir {work_dir}/ratio=2' in train
 
 
+# A point as small as the sweep allows: 2 iterations, no validation (its metrics come from the
+# test run that follows the training).
+POINT_OPTIONS = [o for o in TINY_TOY_OPTIONS
+                 if not o.startswith(('val_', 'train_cfg.', 'default_hooks.checkpoint.'))] + [
+    'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2', 'val_cfg=None',
+    'val_dataloader=None', 'val_evaluator=None']
+
+
 @pytest.mark.slow
-def test_two_point_sweep_through_dist_train_with_two_processes_each(tmp_path: Path) -> None:
+def test_two_point_sweep_through_dist_train_with_two_processes_each(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """bash tools/dist_train.sh SWEEP 2: each point trains and is tested under torchrun with 2
-    gloo processes, one point after the other, with progress lines; then the table; a second
-    call skips both points."""
+    gloo processes, one point after the other, with progress lines; then the table. Run again,
+    the sweep skips both points; a point whose evaluation is missing is only evaluated again."""
     spec = write_sweep(tmp_path / 'ratio.py', metrics=['toy/sw2_teacher'])
     work_dir = tmp_path / 'sweep'
-    args = ['bash', 'tools/dist_train.sh', str(spec), '2', '--work-dir', str(work_dir),
-            '--cfg-options', *TINY_TOY_OPTIONS]
-    env = _env(PORT=str(_free_port()))
-    first = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    args = [str(spec), '--work-dir', str(work_dir), '--cfg-options', *POINT_OPTIONS]
+    first = subprocess.run(['bash', 'tools/dist_train.sh', str(spec), '2', *args[1:]], cwd=REPO,
+                           env=_env(PORT=str(free_port())), capture_output=True, text=True,
+                           timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
     assert out.index('point 1/2: ratio=1') < out.index('ratio=1: done') < out.index(
@@ -95,7 +121,16 @@ def test_two_point_sweep_through_dist_train_with_two_processes_each(tmp_path: Pa
     table = (work_dir / 'results.md').read_text()
     assert table.splitlines()[0] == '| ratio | toy/sw2_teacher |' and table in out
     assert (work_dir / 'results.png').stat().st_size > 1000
-    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert 'ratio=1: finished earlier, skipped' in again.stdout
-    assert 'ratio=2: finished earlier, skipped' in again.stdout
+    # what dist_train.sh runs a second time (in this process: no point is left to start)
+    tool = load_module('sweep.py')
+    assert tool.main([*args, '--gpus', '2']) == 0
+    again = capsys.readouterr().out
+    assert 'ratio=1: finished earlier, skipped' in again
+    assert 'ratio=2: finished earlier, skipped' in again and table in again
+    (work_dir / 'ratio=2' / 'metrics.json').unlink()  # trained, its evaluation lost
+    assert tool.main([*args, '--gpus', '2', '--dry-run']) == 0
+    plan = capsys.readouterr().out.split('# point 2/2: ratio=2\n')
+    assert plan[0].startswith('# point 1/2: ratio=1: finished earlier, skipped')
+    assert 'tools/train.py' not in plan[1] and 'tools/test.py' in plan[1]
+    assert f'--checkpoint "$(cat {work_dir}/ratio=2/last_checkpoint)"' in plan[1]
+    assert (work_dir / 'ratio=2' / 'last_checkpoint').read_text().strip().endswith('iter_2.pth')
