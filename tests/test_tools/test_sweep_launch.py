@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shlex
@@ -120,13 +121,20 @@ def test_two_point_sweep_through_dist_train_with_two_processes_each(
         assert json.loads((work_dir / name / 'metrics.json').read_text())['toy/sw2_teacher'] > 0
     table = (work_dir / 'results.md').read_text()
     assert table.splitlines()[0] == '| ratio | toy/sw2_teacher |' and table in out
+    with open(work_dir / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['ratio'] for r in rows] == ['1', '2'] and all(
+        float(r['toy/sw2_teacher']) > 0 for r in rows)
     assert (work_dir / 'results.png').stat().st_size > 1000
+    stamps = [(work_dir / n / 'metrics.json').stat().st_mtime_ns for n in ('ratio=1', 'ratio=2')]
     # what dist_train.sh runs a second time (in this process: no point is left to start)
     tool = load_module('sweep.py')
     assert tool.main([*args, '--gpus', '2']) == 0
     again = capsys.readouterr().out
     assert 'ratio=1: finished earlier, skipped' in again
     assert 'ratio=2: finished earlier, skipped' in again and table in again
+    assert stamps == [(work_dir / n / 'metrics.json').stat().st_mtime_ns
+                      for n in ('ratio=1', 'ratio=2')]  # nothing evaluated again
     (work_dir / 'ratio=2' / 'metrics.json').unlink()  # trained, its evaluation lost
     assert tool.main([*args, '--gpus', '2', '--dry-run']) == 0
     plan = capsys.readouterr().out.split('# point 2/2: ratio=2\n')

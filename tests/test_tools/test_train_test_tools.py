@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -99,13 +98,12 @@ def test_test_tool_writes_metrics_json(tmp_path: Path) -> None:
 
 
 def test_mistyped_key_fails_before_any_work(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    result = run_tool([sys.executable, 'tools/train.py', CONFIG, '--work-dir', str(tmp_path),
-                       '--cfg-options', 'model.fake_update_ratoi=3'])
-    assert result.returncode != 0
-    assert "model.fake_update_ratoi" in result.stderr and 'fake_update_ratio' in result.stderr
+    from tests.test_tools.test_pipeline import _train_error
+
+    error = _train_error([CONFIG, '--work-dir', str(tmp_path),
+                          '--cfg-options', 'model.fake_update_ratoi=3'])
+    assert 'model.fake_update_ratoi' in error and 'fake_update_ratio' in error
     assert not any(tmp_path.iterdir()), 'nothing may be written before validation passes'
-    assert time.perf_counter() - start < 60
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
