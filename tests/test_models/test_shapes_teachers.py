@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdmd.datasets.shapes import ShapesImageDataset, ShapesPromptDataset
+from rtdmd.datasets.shapes import ShapesImageDataset
 from rtdmd.evaluation.shapes_detector import clean_fraction, detect, score_metadata
-from rtdmd.evaluation.shapes_report import teacher_backbone_cfg, teacher_samples
+from rtdmd.evaluation.shapes_report import teacher_backbone_cfg
 from rtdmd.registry import MODELS
 from rtdmd.utils.setup_env import register_all_modules
 
@@ -105,19 +105,3 @@ def test_shipped_vae_round_trips_the_world(family: str) -> None:
     found = detect(decoded)
     assert all(score_metadata(f, m)[2] for f, m in zip(found, metadata, strict=True))
     assert clean_fraction(decoded) >= 0.95
-
-
-@pytest.mark.xfail(reason='the shipped flux2 teacher (2000 x 32 flow steps, the 2-core budget) '
-                          'draws 2 of 10 held-out colour prompts right; more training is needed',
-                   strict=True)
-@pytest.mark.parametrize('family', sorted(SHIPPED))
-def test_shipped_teacher_draws_held_out_colour_prompts(family: str) -> None:
-    """28 Euler steps with CFG on the five held-out colour-shape bindings: the teacher never
-    saw these prompts; chance (right colour and shape) is 1 / 15."""
-    backbone = _shipped(family)
-    data = ShapesPromptDataset('heldout', tags=['colors'], per_tag=10)
-    prompts = [it['prompt'] for it in data.items]
-    images = teacher_samples(backbone, prompts, list(range(10)), steps=28, guidance_scale=4.0)
-    hits = [score_metadata(f, it['metadata'])[2]
-            for f, it in zip(detect(images), data.items, strict=True)]
-    assert sum(hits) >= 5, hits

@@ -107,8 +107,9 @@ def test_mistyped_key_fails_before_any_work(tmp_path: Path) -> None:
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
-    result = run_tool([sys.executable, 'tools/train.py', str(tmp_path / 'nope.py')])
-    assert result.returncode != 0 and 'config file not found' in result.stderr
+    from tests.test_tools.test_pipeline import _train_error
+
+    assert 'config file not found' in _train_error([str(tmp_path / 'nope.py')])
 
 
 @pytest.mark.slow
