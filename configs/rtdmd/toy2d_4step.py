@@ -35,5 +35,18 @@ stages = [
          cfg_options={'model.matching': None, 'model.terms.policy': None}),
 ]
 # N = 4096 samples per class, 256 fixed projections, SW2 averaged over 5 reference draws.
+# The acceptance bounds of docs/analytic_world.md, printed under the table (met or not).
 evaluation = dict(samples_per_class=4096, num_projections=256, reference_draws=5, beta=0.2,
-                  beta_grid_max=2.0)
+                  beta_grid_max=2.0, bounds=[
+                      dict(model='ac_dmd', metric='sw2_teacher', max=0.20),
+                      dict(model='ac_dmd', metric='mode_tv_teacher', max=0.08),
+                      dict(model='ac_dmd', metric='off_support', max=0.03),
+                      dict(model='rtdmd', metric='sw2_family', max=0.30),
+                      dict(model='rtdmd', metric='beta_hat', min=0.02),
+                      dict(model='rtdmd', metric='beta_hat_at_bound', max=0),
+                      dict(model='rtdmd', metric='mean_reward', minus='ac_dmd.mean_reward',
+                           min=0.15),
+                      dict(model='rtdmd', metric='mean_reward', minus='mean_reward_target',
+                           min=-0.1, max=0.2),
+                      dict(model='rtdmd', metric='mode_tv_target', max=0.08),
+                      dict(model='rtdmd', metric='off_support', max=0.03)])

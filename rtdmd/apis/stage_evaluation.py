@@ -11,6 +11,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from rtdmd.evaluation.analytic_report import evaluate_models, format_table
+from rtdmd.evaluation.bounds import check_bounds, evaluate_bounds, format_bounds
 from rtdmd.evaluation.tensorboard_report import log_report
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import REWARDS
@@ -21,7 +22,7 @@ from .loading import load_trained_model
 from .stages import latest_checkpoint
 
 EVALUATION_DEFAULTS = dict(models=None, samples_per_class=4096, num_projections=256,
-                           reference_draws=5, beta=None, beta_grid_max=2.0, seed=0)
+                           reference_draws=5, beta=None, beta_grid_max=2.0, seed=0, bounds=None)
 
 
 def check_evaluation(evaluation: dict, stages: list[str]) -> None:
@@ -41,6 +42,10 @@ def check_evaluation(evaluation: dict, stages: list[str]) -> None:
     if bad:
         raise ConfigError([f'evaluation.models: {bad} are neither teacher nor a stage '
                            f'({stages})'])
+    errors = check_bounds(evaluation.get('bounds'), evaluation.get('models') or
+                          ['teacher', *stages])
+    if errors:
+        raise ConfigError(errors)
 
 
 def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
@@ -78,6 +83,8 @@ def evaluate_stages(cfg: Config, stage_config: Callable[[str], Config],
     log_report(osp.join(out_dir, 'tensorboard'), metrics, table,
                {'samples': osp.join(out_dir, 'samples.png')})
     # The pipeline's result, at the top of its work dir and the last thing the run prints.
+    if settings['bounds']:  # each documented figure against its bound, after the table
+        table += '\n\n' + format_bounds(evaluate_bounds(settings['bounds'], metrics))
     table_path = osp.join(cfg.work_dir, 'table.md')
     atomic_write_text(table_path, table + '\n')
     print_log(f'evaluation written to {out_dir} (TensorBoard: {out_dir}/tensorboard); '
