@@ -42,6 +42,8 @@ from torch.distributed.tensor import DTensor
 from rtdmd.registry import MODEL_WRAPPERS
 from rtdmd.utils.sharding import is_sharded, shard_like_params
 
+from .wrappers import DistillerWrapper
+
 __all__ = ['DistillerFullyShard', 'full_optimizer_state', 'gather_checkpoint_state',
            'load_full_optimizer_state', 'local_shards']
 
@@ -59,7 +61,7 @@ def _dtype(name: str | None, key: str) -> torch.dtype | None:
 
 
 @MODEL_WRAPPERS.register_module()
-class DistillerFullyShard(nn.Module):
+class DistillerFullyShard(DistillerWrapper):
     """Shards the distiller's trainable roles with FSDP2, per transformer block, in place.
 
     The wrapper holds no parameters of its own, so state dicts look the same with and
@@ -106,14 +108,6 @@ class DistillerFullyShard(nn.Module):
         # the state dict after init_weights, and every reader sees the same layout.
         module._register_state_dict_hook(_gather_shards)
 
-    def train_step(self, data: Any, optim_wrapper: Any) -> dict:
-        return self.module.train_step(data, optim_wrapper)
-
-    def val_step(self, data: Any) -> list:
-        return self.module.val_step(data)
-
-    def test_step(self, data: Any) -> list:
-        return self.module.test_step(data)
 
 
 _LOCAL_DEPTH = [0]

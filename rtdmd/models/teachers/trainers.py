@@ -18,7 +18,6 @@ uninterrupted one drew.
 from __future__ import annotations
 
 import copy
-import json
 import os.path as osp
 from collections.abc import Sequence
 from typing import Any
@@ -26,14 +25,14 @@ from typing import Any
 import torch
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
 
 from rtdmd.functional.ema import ema_update_, ema_warmup_decay
 from rtdmd.functional.flow import interpolate
 from rtdmd.functional.timesteps import sample_sigmas, shift_sigmas
 from rtdmd.registry import MODELS
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+from rtdmd.utils.atomic import atomic_write_json
+from rtdmd.utils.checkpoint import model_state, read_checkpoint
 from rtdmd.utils.rng import stream
 
 from .base import BACKBONE_RECORD, TeacherFamily
@@ -189,8 +188,7 @@ class ShapesFlowTeacher(_ShapesTrainer):
         text = self.ema['text'] if use_ema else self.text
         transformer = self.ema['transformer'] if use_ema else self.transformer
         self.family.save_pretrained(path, self.vae, text, transformer, dtype)
-        with open(osp.join(path, BACKBONE_RECORD), 'w') as f:
-            json.dump(self.family.backbone_args(), f, indent=2)
+        atomic_write_json(osp.join(path, BACKBONE_RECORD), self.family.backbone_args(), indent=2)
 
     def export_weights(self, path: str) -> None:
         """The teacher with its EMA weights (what :class:`ExportWeightsHook` writes)."""
@@ -198,9 +196,7 @@ class ShapesFlowTeacher(_ShapesTrainer):
 
 
 def _vae_state(path: str) -> dict[str, Tensor]:
-    apply_mmengine_patches()  # the project's own checkpoints need weights_only=False
-    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    state = checkpoint.get('state_dict', checkpoint)
+    state = model_state(read_checkpoint(path))  # the safe loader: weights_only=True
     vae = {k[len('vae.'):]: v for k, v in state.items() if k.startswith('vae.')}
     if not vae:
         raise KeyError(f'{path} holds no VAE weights (vae.*): is it a checkpoint of '
