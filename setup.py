@@ -35,7 +35,13 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
     packages=find_packages(include=['rtdmd', 'rtdmd.*']),
-    package_data={'rtdmd': ['datasets/prompts/*']},
+    # Prompt sets, the shapes world's shipped weights, and the real models' configs (no weights)
+    # that the memory planner builds from.
+    package_data={'rtdmd': ['datasets/prompts/*', 'assets/shapes/*/*', 'assets/shapes/*/*/*',
+                            'models/backbones/architectures/*/*.json',
+                            'models/backbones/architectures/*/*/*.json',
+                            'models/backbones/architectures/README.md',
+                            'rewards/architectures/*/*.json', 'rewards/architectures/README.md']},
     install_requires=read_requirements('runtime'),
     extras_require={'tests': read_requirements('tests')},
     license='Apache-2.0',

@@ -135,3 +135,19 @@ def test_tools_do_not_import_the_tests() -> None:
                      else [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f'{path.name}: {n}' for n in names if n.split('.')[0] == 'tests']
     assert not offenders, offenders
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """A merge resolved in a hurry must not ship its markers (they once reached a package
+    ``__init__``)."""
+    markers = ('<<<<<<< ', '>>>>>>> ', '=======\n')
+    found = []
+    for folder in ('rtdmd', 'tools', 'configs', 'tests', 'docs', 'requirements', '.ci'):
+        for path in sorted((REPO / folder).rglob('*')):
+            if path.suffix not in {'.py', '.md', '.sh', '.txt', '.json', '.toml', ''} or \
+                    not path.is_file():
+                continue
+            lines = path.read_text(encoding='utf-8', errors='replace').splitlines(keepends=True)
+            found += [f'{path.relative_to(REPO)}:{n}' for n, line in enumerate(lines, 1)
+                      if line.startswith(markers[:2]) or line == markers[2]]
+    assert not found, found

@@ -11,9 +11,12 @@ through the production backbone; one ``train_step`` with ``fake_update_ratio=1``
 ``load_stage2`` /
 ``stage2_policy_step`` (``RTDMDDistiller`` of ``configs/rtdmd/...`` on the stage-1 LoRA with
 ``ImageBrightnessReward``; one RL epoch). bf16 weights, gradient checkpointing; peak memory is
-CUDA ``max_memory_allocated``, reset before each phase. ``--scale full``: real-size transformers
-and VAEs, narrow random text encoders with the real output widths (so the figures leave out the
-real Qwen3-4B / CLIP + T5-XXL); ``--scale tiny``: a CPU smoke test. See docs/get_started.md.
+CUDA ``max_memory_allocated``, reset before each phase. ``--scale full``: real-size transformers,
+VAEs and text encoders (Qwen3-4B; CLIP-L, CLIP-G and T5-XXL), the encoders built from the shipped
+architecture snapshots (``rtdmd/models/backbones/architectures``, the public config.json files)
+with the offline test tokenizers (the ids they emit lie inside the real vocabularies); ``--scale
+tiny``: narrow stand-ins, a CPU smoke test. The reward is ``ImageBrightnessReward``: the training
+rewards' memory is the planner's (``tools/plan.py``). See docs/get_started.md.
 """
 
 from __future__ import annotations
@@ -30,15 +33,15 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout
-
-from rtdmd.testing.flux2 import qwen_tokenizer  # noqa: E402
-from rtdmd.testing.sd3 import _clip_encoder, _clip_tokenizer, _t5_tokenizer  # noqa: E402
+# torch, diffusers and rtdmd are imported inside the functions, after the arguments are parsed:
+# --help and argument errors come back in a fraction of a second.
 
 # FLUX.2-klein 4B (black-forest-labs/FLUX.2-klein-base-4B / -4B), shared/ENVIRONMENT.md: 5 double
 # + 20 single blocks, 24 heads x 128, joint_attention_dim 7680 = 3 stacked Qwen3-4B layers of 2560,
@@ -76,21 +79,43 @@ SPECS = {'flux2_klein_4b': ('FLUX.2-klein-base-4B', 'flux2_klein_4b_4step'),
 
 
 def _transformer(cls: type, kwargs: dict, device: str) -> torch.nn.Module:
+    import torch
+
     with torch.device(device):  # random init of billions of weights is fast on the GPU
         net = cls(**kwargs)
+    return net.to(torch.bfloat16).cpu().eval()
+
+
+def _snapshot_encoder(model: str, component: str, device: str) -> torch.nn.Module:
+    """Real-size random-weight text encoder ``component`` from the shipped snapshot's config."""
+    import torch
+    import transformers
+
+    from rtdmd.apis.planning.meta import architectures_root
+
+    folder = architectures_root() / SPECS[model][0] / component
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    cls = getattr(transformers, config.architectures[0])
+    with torch.device(device):
+        net = cls(config)
     return net.to(torch.bfloat16).cpu().eval()
 
 
 def build_pipeline(model: str, scale: str, device: str) -> Any:
     """The random-weight diffusers pipeline of ``model`` (see the module docstring)."""
     import diffusers as d
+    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM, T5Config, T5EncoderModel
+
+    from rtdmd.testing.flux2 import qwen_tokenizer
+    from rtdmd.testing.sd3 import _clip_encoder, _clip_tokenizer, _t5_tokenizer
 
     torch.manual_seed(0)
     width = TEXT[model][scale]
     if model == 'flux2_klein_4b':
         tok = qwen_tokenizer()  # 27 layers: the config's hidden states (9, 18, 27) exist
-        text = Qwen3ForCausalLM(Qwen3Config(
+        text = _snapshot_encoder(model, 'text_encoder', device) if scale == 'full' else \
+            Qwen3ForCausalLM(Qwen3Config(
             vocab_size=len(tok), hidden_size=width, intermediate_size=64, num_hidden_layers=27,
             num_attention_heads=2, num_key_value_heads=1, head_dim=64 if scale == 'full' else 8,
             max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=tok.pad_token_id))
@@ -109,17 +134,30 @@ def build_pipeline(model: str, scale: str, device: str) -> Any:
                           up_block_types=('UpDecoderBlock2D',) * 4, scaling_factor=1.5305,
                           shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
                           **VAE[scale])
+    if scale == 'full':
+        encoders = [_snapshot_encoder(model, f'text_encoder{n}', device)
+                    for n in ('', '_2', '_3')]
+    else:
+        encoders = [_clip_encoder(len(toks[0]), width[0], width[0]).eval(),
+                    _clip_encoder(len(toks[1]), width[1], width[1]).eval(), t5.eval()]
     return d.StableDiffusion3Pipeline(
         transformer=_transformer(d.SD3Transformer2DModel, SD35M[scale], device),
         scheduler=d.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=_clip_encoder(len(toks[0]), width[0], width[0]).eval(), tokenizer=toks[0],
-        text_encoder_2=_clip_encoder(len(toks[1]), width[1], width[1]).eval(),
-        tokenizer_2=toks[1], text_encoder_3=t5.eval(), tokenizer_3=toks[2])
+        text_encoder=encoders[0], tokenizer=toks[0], text_encoder_2=encoders[1],
+        tokenizer_2=toks[1], text_encoder_3=encoders[2], tokenizer_3=toks[2])
 
 
 def measure(rows: list[dict], model: str, phase: str, device: torch.device,
             fn: Callable[[], Any], iters: int = 1) -> Any:
-    """Run ``fn`` ``iters`` times; record and print the first and warm seconds and the peak."""
+    """Run ``fn`` ``iters`` times; record and print the first and warm seconds and the peak.
+
+    Timed by hand rather than with ``torch.utils.benchmark.Timer``: the first call's time is a
+    figure of its own (allocation, kernel selection), ``fn`` returns the losses reported, and a
+    train step changes the model, so Timer's extra warm-up calls (at least two per ``timeit``)
+    would train more steps than asked and hide the cold start.
+    """
+    import torch
+
     cuda = device.type == 'cuda'
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     gc.collect()
@@ -159,6 +197,7 @@ class PhaseRecorder:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        import torch
         from torch.utils.flop_counter import FlopCounterMode
 
         if self.depth:  # a phase inside a phase is counted by the outer one
@@ -204,6 +243,7 @@ class PhaseRecorder:
 def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argparse.Namespace,
               rows: list[dict], save: str | None) -> None:
     """Build the stage's distiller, time ``args.iters`` train steps, optionally save its LoRA."""
+    import torch
     from mmengine.optim import build_optim_wrapper
 
     from rtdmd.registry import MODELS
@@ -233,6 +273,8 @@ def run_stage(model: str, stage: str, cfg: Any, prompts: list[str], args: argpar
 
 
 def check_model(model: str, args: argparse.Namespace, rows: list[dict]) -> None:
+    import torch
+
     from rtdmd.datasets.text_prompts import read_prompt_file
     from rtdmd.utils.config import load_config
 
@@ -259,7 +301,8 @@ def check_model(model: str, args: argparse.Namespace, rows: list[dict]) -> None:
         run_stage(model, 'stage2', cfg, prompts[:args.batch // args.group_size], args, rows, None)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (no heavy import: ``--help`` is instant)."""
     parser = argparse.ArgumentParser(description='Real-size random-weight check of both stages.')
     parser.add_argument('--model', choices=[*SPECS, 'all'], default='all')
     parser.add_argument('--resolution', type=int, default=512)
@@ -275,8 +318,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch % args.group_size or args.iters < 1:
         parser.error('--batch must be a multiple of --group-size, and --iters >= 1')
+    import torch
+
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         parser.error(f'--device {args.device} but CUDA is not available')
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+
     from rtdmd.utils.mmengine_compat import apply_mmengine_patches
     from rtdmd.utils.setup_env import register_all_modules
     apply_mmengine_patches()
@@ -289,9 +341,9 @@ def main(argv: list[str] | None = None) -> None:
         f'{args.group_size}), bf16 weights, gradient checkpointing, {args.iters} step(s) timed',
         'RANDOM weights. ' + (
             'Transformers at real size (FLUX.2-klein 4B: 3.88 B params, SD3.5-M: 2.24 B), VAEs '
-            'the real architectures; text encoders are narrow random stand-ins with the real '
-            'output widths: the figures are the transformers\' and VAEs\', not the real text '
-            'encoders\'.' if args.scale == 'full' else
+            'and text encoders the real architectures (shipped snapshots); reward: image '
+            'brightness (the training rewards\' memory: tools/plan.py).' if args.scale == 'full'
+            else
             'Tiny transformers, VAEs and text stand-ins: a smoke test of the code path.'),
         'peak: ' + ('torch.cuda.max_memory_allocated, reset before each phase' if cuda else
                     'process max RSS so far (CPU: not reset between phases)')]

@@ -24,18 +24,17 @@ import sys
 import time
 from collections.abc import Iterator
 from itertools import chain, repeat
-from typing import Any
-
-import torch
-from mmengine.config import DictAction
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 
-from rtdmd.models.backbones.base import ROLES, Backbone, Condition  # noqa: E402
-from rtdmd.utils.config import ConfigError, load_config  # noqa: E402
-from rtdmd.utils.mmengine_compat import apply_mmengine_patches  # noqa: E402
-from rtdmd.utils.setup_env import register_all_modules  # noqa: E402
+from rtdmd.cli import LazyDictAction  # noqa: E402  (light: parse before heavy imports)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from rtdmd.models.backbones.base import Backbone, Condition
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,13 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=20, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
     parser.add_argument('--device', choices=['cpu', 'cuda'],
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+                        help='default: cuda where available, else cpu')
+    parser.add_argument('--cfg-options', nargs='+', action=LazyDictAction, default={})
     args = parser.parse_args(argv)
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda but CUDA is not available')
     if args.iters < 1 or args.warmup < 0:
         parser.error('need --iters >= 1 and --warmup >= 0')
+    import torch  # after the arguments: --help and argument errors are instant
+
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda but CUDA is not available')
     return args
 
 
@@ -67,28 +70,35 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return int(math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1]))
 
 
-class GeneratorForward(nn.Module):
-    """``backbone.predict_velocity('generator', x, sigma, cond)`` with tensor-only arguments."""
+def generator_forward(backbone: Backbone, cond: Condition) -> nn.Module:
+    """``backbone.predict_velocity('generator', x, sigma, cond)`` as a module of tensor-only
+    arguments (what fvcore traces). Defined here, not at the top, so that ``--help`` does not
+    import torch."""
+    from torch import Tensor, nn
 
-    def __init__(self, backbone: Backbone, cond: Condition) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.keys = [k for k, v in cond.items() if isinstance(v, Tensor)]
-        self.tensors = [cond[k] for k in self.keys]
-        self.constants = {k: v for k, v in cond.items() if not isinstance(v, Tensor)}
+    class GeneratorForward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.keys = [k for k, v in cond.items() if isinstance(v, Tensor)]
+            self.tensors = [cond[k] for k in self.keys]
+            self.constants = {k: v for k, v in cond.items() if not isinstance(v, Tensor)}
 
-    def forward(self, x: Tensor, sigma: Tensor, *values: Tensor) -> Tensor:
-        cond = dict(self.constants, **dict(zip(self.keys, values, strict=True)))
-        return self.backbone.predict_velocity('generator', x, sigma, cond)
+        def forward(self, x: Tensor, sigma: Tensor, *values: Tensor) -> Tensor:
+            kwargs = dict(self.constants, **dict(zip(self.keys, values, strict=True)))
+            return self.backbone.predict_velocity('generator', x, sigma, kwargs)
+
+    return GeneratorForward()
 
 
 def generator_flops(model: nn.Module, data: Any) -> tuple[int, int, dict[str, int]]:
     """``(fvcore multiply-adds, FlopCounterMode flops, ops fvcore skipped)`` of one forward."""
+    import torch
     from fvcore.nn import FlopCountAnalysis
     from torch.utils.flop_counter import FlopCounterMode
 
     prompts, device = model.data_preprocessor(data, False)['prompt'], model.iteration.device
-    wrapper = GeneratorForward(model.backbone, model.backbone.encode_prompts(prompts))
+    wrapper = generator_forward(model.backbone, model.backbone.encode_prompts(prompts))
     x = torch.randn((len(prompts), *model.backbone.latent_shape()), device=device)
     inputs = (x, torch.ones(len(prompts), device=device), *wrapper.tensors)
     with torch.no_grad():
@@ -104,7 +114,16 @@ def generator_flops(model: nn.Module, data: Any) -> tuple[int, int, dict[str, in
 
 def time_train_steps(model: nn.Module, optim_wrapper: Any, batches: Iterator[Any], iters: int,
                      warmup: int, device: torch.device) -> list[float]:
-    """Seconds of each of ``iters`` ``train_step`` calls after ``warmup`` untimed ones."""
+    """Seconds of each of ``iters`` ``train_step`` calls after ``warmup`` untimed ones.
+
+    Timed by hand rather than with ``torch.utils.benchmark.Timer``: each step consumes a batch
+    and updates the model, and the tool reports the spread over exactly ``iters`` steps after
+    exactly ``warmup``; Timer's ``timeit`` adds its own warm-up calls and returns one mean, its
+    ``blocked_autorange`` chooses the number of steps by time, and it would run the step with
+    one thread unless told otherwise. The CUDA synchronisation it would add is done here.
+    """
+    import torch
+
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -123,6 +142,8 @@ def time_train_steps(model: nn.Module, optim_wrapper: Any, batches: Iterator[Any
 
 def peak_memory(device: torch.device) -> tuple[str, float]:
     """``(label, MiB)``: CUDA's peak allocation, or the process's max RSS (build included)."""
+    import torch
+
     if device.type == 'cuda':
         return 'peak memory (MiB, CUDA max allocated)', torch.cuda.max_memory_allocated() / 2**20
     # ru_maxrss is in KiB on Linux.
@@ -132,6 +153,13 @@ def peak_memory(device: torch.device) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import torch
+
+    from rtdmd.models.backbones.base import ROLES
+    from rtdmd.utils.config import ConfigError, load_config
+    from rtdmd.utils.mmengine_compat import apply_mmengine_patches
+    from rtdmd.utils.setup_env import register_all_modules
+
     apply_mmengine_patches()
     try:
         cfg = load_config(args.config, args.cfg_options)

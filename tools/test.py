@@ -27,9 +27,9 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from rtdmd.cli import LazyDictAction  # noqa: E402  (light: parse before heavy imports)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='where metrics.json goes '
                         '(default: the training work dir for a pipeline of stages, '
                         'else its test/ folder)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    parser.add_argument('--cfg-options', nargs='+', action=LazyDictAction, default={})
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     bench = parser.add_argument_group('benchmarks')
     bench.add_argument('--benchmarks', nargs='*', metavar='SUITE',

@@ -1,8 +1,8 @@
 """Train with an rtdmd config.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT] | --start-over]
-                                 [--retrain-changed] [--cfg-options k=v ...]
-                                 [--launcher none|pytorch|slurm]
+                                 [--retrain-changed] [--amp] [--auto-scale-lr]
+                                 [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 
 The config is validated before anything is built: an unknown key, type or argument stops the run
 with a message naming it. The resolved config is written into the work dir. A work dir that
@@ -17,10 +17,10 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
-
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout
+
+from rtdmd.cli import LazyDictAction  # noqa: E402  (light: parse before heavy imports)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='with --resume, a pipeline\'s stages trained with other options '
                         '(and the stages started from them) are moved aside and trained again '
                         'instead of refused')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+    parser.add_argument('--amp', action='store_true',
+                        help='bf16 autocast for the trainable roles\' forwards')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rates by the total batch size over the '
+                        'config\'s auto_scale_lr.base_batch_size')
+    parser.add_argument('--cfg-options', nargs='+', action=LazyDictAction, default={},
                         help='override config keys, e.g. model.fake_update_ratio=5 '
                         'world.stds="[0.3,0.3]"')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
@@ -58,6 +63,8 @@ def check_weights_first(args: argparse.Namespace) -> None:
     only) are loaded, the latter from its file: importing it as a package module would import
     ``rtdmd.models`` (torch, diffusers) first. Config errors are left to the validation below.
     """
+    from mmengine.config import Config
+
     spec = importlib.util.spec_from_file_location(
         '_rtdmd_pretrained', osp.join(ROOT, 'rtdmd', 'models', 'backbones', 'pretrained.py'))
     pretrained = importlib.util.module_from_spec(spec)
@@ -81,6 +88,7 @@ def build_cfg(args: argparse.Namespace):
 
     cfg = load_config(args.config, split_stage_options(args.cfg_options)[0])
     cfg.launcher = args.launcher
+    cfg.train_options = [name for name in ('amp', 'auto_scale_lr') if getattr(args, name)]
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
@@ -89,6 +97,22 @@ def build_cfg(args: argparse.Namespace):
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume
     return cfg
+
+
+def check_train_options(cfg, cli_options: dict) -> None:
+    """--amp / --auto-scale-lr fit every stage's config (applied for real in build_runner)."""
+    import copy
+
+    from rtdmd.apis.stages import stage_config
+    from rtdmd.utils.train_options import apply_train_options
+
+    if not cfg.train_options:
+        return
+    if cfg.get('stages'):  # stage_config applies them to each stage
+        for s in cfg.stages:
+            stage_config(cfg, {k: v for k, v in s.items() if k != 'init_from'}, cli_options)
+    else:
+        apply_train_options(copy.deepcopy(cfg), cfg.train_options)
 
 
 def check_work_dir(cfg, args: argparse.Namespace) -> None:
@@ -123,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = build_cfg(args)
         check_pipeline(cfg, args.cfg_options)
+        check_train_options(cfg, args.cfg_options)
         timeout = dist_timeout(cfg)
         check_work_dir(cfg, args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:

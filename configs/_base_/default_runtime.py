@@ -13,6 +13,8 @@ default_hooks = dict(
     nonfinite=dict(type='NonFiniteGuardHook', max_consecutive=10),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     rng_state=dict(type='RNGStateHook'),
+    # Sample grids of the same prompts and noise into TensorBoard and <work_dir>/vis.
+    visualization=dict(type='SampleVisualizationHook', interval=500),
 )
 
 env_cfg = dict(

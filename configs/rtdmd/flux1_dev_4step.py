@@ -10,8 +10,12 @@ _base_ = [
 # K = 24 samples per prompt; distilled teacher guidance 3.5 in the final-step AC-DMD term; the
 # fake score's consistency regulariser is OFF for FLUX.1-dev. Generator AdamW lr 3e-6 wd 1e-4,
 # DM 1e-3, BP 1e-4 (margin 3), PPO clip 1e-5, EMA 0.9 every 8 steps: the algorithm base's values.
+# Samples per forward of each phase of the 48-sample local batch (2 prompts x 24), what
+# tools/plan.py plans at <= 70 GiB per rank under FSDP over the release's 32 GPUs (the model
+# does not fit an 80 GB GPU with DDP; docs/scale.md); the result does not depend on them.
 model = dict(group_size=24, matching=dict(teacher_guidance=3.5, consistency_loss=None),
-             rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
+             rewards='${train_rewards}',  # CLIPScore, HPSv2, PickScore, GenEval
+             micro_batch=dict(rollout=24, fake_score=24, generator=16))
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=1e-6)))
 # Prompts per GPU per epoch: 2 x 32 GPUs (FSDP full_shard in the release) = 64 prompts, 1536 images.
 train_dataloader = dict(batch_size=2)
@@ -19,3 +23,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000)  # one iteration = o
 default_hooks = dict(checkpoint=dict(interval=50))
 stages = [dict(name='ac_dmd', config='../ac_dmd/flux1_dev_4step.py'),
           dict(name='rtdmd', init_from='ac_dmd')]
+# Sharded over all GPUs (FSDP2 per transformer block, frozen bases too; docs/distributed.md):
+# a 9-12 B generator and fake score do not fit each GPU whole, as DDP would hold them.
+model_wrapper_cfg = dict(_delete_=True, type='rtdmd.DistillerFullyShard',
+                         reshard_after_forward=True, param_dtype=None, reduce_dtype='float32')

@@ -10,8 +10,12 @@ _base_ = [
 # K = 24 samples per prompt; teacher CFG 4.0 in the final-step AC-DMD term; the fake score's
 # consistency regulariser ON for the 4B. Generator AdamW lr 3e-6 wd 1e-4, DM 1e-3, BP 1e-4
 # (margin 3), PPO clip 1e-5, EMA 0.9 every 8 steps: the algorithm base's values.
+# Samples per forward of each phase of the 96-sample local batch (4 prompts x 24), what
+# tools/plan.py plans at <= 70 GiB per rank on DDP (docs/scale.md); the result does not
+# depend on them.
 model = dict(group_size=24, matching=dict(teacher_guidance=4.0),
-             rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
+             rewards='${train_rewards}',  # CLIPScore, HPSv2, PickScore, GenEval
+             micro_batch=dict(rollout=32, fake_score=24, generator=12))
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=1e-6)))
 # Prompts per GPU per epoch: 4 x 16 GPUs (FSDP full_shard in the release) = 64 prompts, 1536 images.
 train_dataloader = dict(batch_size=4)

@@ -10,8 +10,12 @@ _base_ = [
 # K = 24 samples per prompt; teacher CFG 4.5 in the final-step AC-DMD term. Generator AdamW lr
 # 3e-6 wd 1e-4, fake score lr 3e-5, DM 1e-3, BP 1e-4 (margin 3), PPO clip 1e-5, consistency on,
 # EMA 0.9 every 8 steps, DDP with find_unused_parameters: the algorithm base's values.
+# Samples per forward of each phase of the 144-sample local batch (6 prompts x 24), what
+# tools/plan.py plans at <= 70 GiB per rank on DDP (docs/scale.md); the result does not
+# depend on them.
 model = dict(group_size=24, matching=dict(teacher_guidance=4.5),
-             rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
+             rewards='${train_rewards}',  # CLIPScore, HPSv2, PickScore, GenEval
+             micro_batch=dict(rollout=36, fake_score=72, generator=16))
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=3e-5)))
 # Prompts per GPU per epoch: 6 x 8 GPUs (DDP in the release) = 48 prompts, 1152 images.
 train_dataloader = dict(batch_size=6)

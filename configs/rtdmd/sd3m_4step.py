@@ -10,8 +10,12 @@ _base_ = [
 # K = 16 samples per prompt; teacher CFG 7.0 in the final-step AC-DMD term. Generator AdamW lr
 # 3e-6 wd 1e-4, fake score lr 3e-5, DM 1e-3, BP 1e-4 (margin 3), PPO clip 1e-5, consistency on,
 # EMA 0.9 every 8 steps: the algorithm base's values.
+# Samples per forward of each phase of the 32-sample local batch (2 prompts x 16), what
+# tools/plan.py plans at <= 70 GiB per rank on DDP (docs/scale.md); the result does not
+# depend on them. Reward back-propagation through the 1024 px decode bounds the generator's.
 model = dict(group_size=16, matching=dict(teacher_guidance=7.0),
-             rewards='${train_rewards}')  # CLIPScore, HPSv2, PickScore, GenEval
+             rewards='${train_rewards}',  # CLIPScore, HPSv2, PickScore, GenEval
+             micro_batch=dict(rollout=16, fake_score=16, generator=4))
 optim_wrapper = dict(fake_score=dict(optimizer=dict(lr=3e-5)))
 # Prompts per GPU per epoch: 2 x 16 GPUs (FSDP hybrid in the release) = 32 prompts, 512 images.
 train_dataloader = dict(batch_size=2)

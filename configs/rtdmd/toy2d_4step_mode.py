@@ -10,4 +10,4 @@ stages = [
 ]
 # A piecewise-constant reward tilts mode weights by exp(beta * value): a collapse onto the top
 # mode needs a large beta, so the family search reaches further.
-evaluation = dict(beta=1.0, beta_grid_max=20.0)
+evaluation = dict(beta=1.0, beta_grid_max=20.0, bounds=None)  # the linear reward's bounds

@@ -22,20 +22,29 @@ from mmengine.dist import get_rank
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from rtdmd.engine.runner import LaterStageRunner
 from rtdmd.utils.atomic import atomic_write_json, remove_stale_temporaries
 from rtdmd.utils.config import ConfigError
 from rtdmd.utils.errors import RunDirError
+from rtdmd.utils.provenance import provenance
 from rtdmd.utils.run_dir import move_aside, prepare_run
 from rtdmd.utils.setup_env import register_all_modules
+from rtdmd.utils.train_options import apply_train_options
 
 from .stage_evaluation import check_evaluation, evaluate_stages
 from .stages import StagePlan, check_stage_options, plan_stage, plan_stages, stage_config
 
 
-def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg``; it ignores the project-level keys and dumps the whole config."""
+def build_runner(cfg: Config, log_env: bool = True) -> Runner:
+    """``Runner.from_cfg``; it ignores the project-level keys and dumps the whole config.
+
+    ``cfg.train_options`` (tools/train.py's ``--amp``, ``--auto-scale-lr``) are applied here,
+    so they reach every stage of a pipeline. ``log_env=False`` (a pipeline's later stages): the
+    environment and config are not logged again (:class:`LaterStageRunner`).
+    """
     register_all_modules()
-    return Runner.from_cfg(cfg)
+    apply_train_options(cfg, cfg.pop('train_options', None) or [])
+    return (Runner if log_env else LaterStageRunner).from_cfg(cfg)
 
 
 def run_training(cfg: Config, cli_options: dict | None = None,
@@ -53,16 +62,20 @@ def run_training(cfg: Config, cli_options: dict | None = None,
     check_pipeline(cfg, cli_options)
     check_training_rewards(cfg, cli_options)
     if not cfg.get('stages'):
+        # before prepare_run: a resume compares the config the Runner trains with
+        apply_train_options(cfg, cfg.pop('train_options', None) or [])
         prepare_run(cfg)
         runner = build_runner(cfg)
         runner.train()
         return runner
     check_stage_plans(plan_stages(cfg, cli_options), retrain_changed)
     plans: dict[str, StagePlan] = {}
+    trained = False  # the environment and config are logged by the first stage that trains
     for index, stage in enumerate(cfg.stages):
         plan = plan_stage(cfg, stage, cli_options, plans)  # after the stages before it trained
         print_log(f'stage {index + 1}/{len(cfg.stages)}: {stage["name"]}', logger='current')
-        plans[stage['name']] = run_stage(plan)
+        plans[stage['name']] = run_stage(plan, log_env=not trained)
+        trained = trained or plan.state != 'done'
     if cfg.get('evaluation'):
         run_evaluation(cfg, cli_options)
     return None
@@ -132,8 +145,11 @@ def check_training_rewards(cfg: Config, cli_options: dict | None = None) -> None
     check_all_reward_weights(scorers)
 
 
-def run_stage(plan: StagePlan) -> StagePlan:
-    """Train one planned stage; returns its plan as ``'done'`` with the final checkpoint."""
+def run_stage(plan: StagePlan, log_env: bool = True) -> StagePlan:
+    """Train one planned stage; returns its plan as ``'done'`` with the final checkpoint.
+
+    ``log_env``: its Runner logs the environment and config (see :func:`build_runner`).
+    """
     sub = plan.cfg
     if get_rank() == 0:
         for path in remove_stale_temporaries(sub.work_dir):
@@ -152,7 +168,7 @@ def run_stage(plan: StagePlan) -> StagePlan:
     sub.load_from = plan.checkpoint if plan.state == 'resume' else None
     print_log(f'stage {plan.name}: training in {sub.work_dir}', logger='current')
     prepare_run(sub)
-    build_runner(sub).train()
+    build_runner(sub, log_env).train()
     final = osp.join(sub.work_dir, f'iter_{sub.train_cfg.max_iters}.pth')
     return StagePlan(plan.name, sub, 'done', final)
 
@@ -178,6 +194,7 @@ def run_test(cfg: Config, checkpoint: str | None, cli_options: dict | None = Non
     metrics = runner.test()
     os.makedirs(cfg.work_dir, exist_ok=True)
     path = osp.join(cfg.work_dir, 'metrics.json')
-    atomic_write_json(path, {k: float(v) for k, v in metrics.items()}, sort_keys=True)
+    atomic_write_json(path, {**{k: float(v) for k, v in metrics.items()},
+                             '_provenance': provenance()}, sort_keys=True)
     runner.logger.info(f'metrics written to {path}')
     return metrics

@@ -4,7 +4,7 @@ World ``seed`` (``rtdmd.evaluation.worlds.draw_world``) runs in ``<work_dir>/wor
 
 1. ``config.py``, a leaf of the pipeline config that sets the world, the reward and the
    evaluation's ``beta`` search bound, and nothing else (a mode reward is not differentiable, so
-   its worlds also drop ``model.reward_bp_loss``). Stage config paths are written absolute and
+   its worlds also drop ``model.terms.bp``). Stage config paths are written absolute and
    the world reaches a stage with its own config file through that stage's ``cfg_options``, so
    ``python tools/train.py <work_dir>/world_<seed>/config.py`` reproduces the world's run;
 2. the pipeline's stages (finished stages are skipped, an interrupted one resumes);
@@ -40,9 +40,11 @@ from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import REWARDS
 from rtdmd.utils.config import load_config
 
-from .pipeline import check_pipeline, run_stage
-from .stage_evaluation import EVALUATION_DEFAULTS, load_generator
-from .stages import latest_checkpoint, split_stage_options, stage_config
+from .pipeline import check_pipeline, check_stage_plans, run_stage
+from .loading import load_trained_model
+from .stage_evaluation import EVALUATION_DEFAULTS
+from .stages import (StagePlan, latest_checkpoint, plan_stage, plan_stages, split_stage_options,
+                     stage_config)
 
 # Evaluation settings of the benchmark (the pipeline's N, projections and seed are kept):
 OFF_SUPPORT_QUANTILE = 0.01  # 1%: ~100 exact samples per class below it, a stable reference
@@ -86,7 +88,7 @@ def leaf_text(spec: WorldSpec, pipeline: str) -> str:
              'stages = [', *stages, ']',
              f'evaluation = dict(beta_grid_max={spec.beta_grid_max})']
     if spec.kind == 'mode':  # not differentiable: reward back-propagation is impossible
-        lines.append('model = dict(reward_bp_loss=None)')
+        lines.append('model = dict(terms=dict(bp=None))')
     return '\n'.join(lines) + '\n'
 
 
@@ -156,8 +158,11 @@ def run_world(spec: WorldSpec, pipeline: str, work_dir: str, options: dict,
                                   fingerprint=print_, stage1=stage1['name'], status='ok')
     try:
         check_pipeline(cfg, options)
-        for stage in cfg.stages:
-            run_stage(cfg, stage, options)
+        check_stage_plans(plan_stages(cfg, options), retrain_changed=False)
+        plans: dict[str, StagePlan] = {}
+        for stage in cfg.stages:  # planned after the stages before it trained
+            plan = plan_stage(cfg, stage, options, plans)
+            plans[stage['name']] = run_stage(plan, log_env=not plans)
         result.update(_evaluate(cfg, spec, options, stage1, stage2, epochs, multiples, crit))
     except Exception as err:  # noqa: BLE001  (one world's failure is a result, not the end)
         result.update(status='failed', error=f'{type(err).__name__}: {err}',
@@ -189,7 +194,7 @@ def _evaluate(cfg: Config, spec: WorldSpec, options: dict, stage1: dict, stage2:
     for row, (stage, ckpt) in checkpoints.items():
         sub = stage_config(cfg, stage, options)
         path = latest_checkpoint(sub.work_dir) if ckpt is None else osp.join(sub.work_dir, ckpt)
-        model = load_generator(sub, path)
+        model, _ = load_trained_model(sub, path)
         samples[row] = (model.generate(classes, seed=settings['seed']), classes)
     metrics = evaluate_models(
         teacher, reward, samples, beta=settings['beta'], beta_grid_max=spec.beta_grid_max,

@@ -18,10 +18,12 @@ from mmengine.config import Config
 from rtdmd.utils.checkpoint_io import find_resume_checkpoint, list_checkpoints, read_record
 from rtdmd.utils.config import ConfigError, load_config
 from rtdmd.utils.run_identity import changed_keys, config_identity
+from rtdmd.utils.train_options import apply_train_options
 
 PIPELINE_KEYS = ('stages', 'evaluation')
-# Command-line overrides of these keys reach every stage (one world, one reward, one backbone).
-SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root')
+# Command-line overrides of these keys reach every stage (one world, one reward, one backbone,
+# one teacher family).
+SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root', 'family')
 
 
 def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,
@@ -53,6 +55,9 @@ def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,
     sub.stage_name = stage['name']
     sub.work_dir = osp.join(cfg.work_dir, stage['name'])
     sub.launcher = cfg.get('launcher', 'none')
+    # --amp, --auto-scale-lr applied here, so the stage's resolved config (and the identity its
+    # checkpoints record and a resume compares) is the one its Runner trains with.
+    apply_train_options(sub, list(cfg.get('train_options') or []))
     stamp = datetime.datetime.now().strftime('%Y%m%d_%H%M%S_%f')
     sub.experiment_name = f"{stage['name']}_{stamp}"
     return sub
@@ -104,12 +109,12 @@ def check_stage_options(cfg: Config, cli_options: dict | None) -> None:
     _, scoped = split_stage_options(cli_options)
     if scoped and not cfg.get('stages'):
         raise ConfigError([f'stage-scoped options {sorted(scoped)} need a config with stages'])
-    names = [s['name'] for s in cfg.get('stages', [])]
+    names = [s['name'] for s in (cfg.get('stages') or [])]
     unknown = set(scoped) - set(names) - {'*'}
     if unknown:
         raise ConfigError([f'--cfg-options names unknown stages {sorted(unknown)}; the stages '
                            f'are {names} (or * for all)'])
-    for index, stage in enumerate(cfg.get('stages', [])):
+    for index, stage in enumerate(cfg.get('stages') or []):
         earlier = names[:index]
         if stage.get('init_from') and stage['init_from'] not in earlier:
             raise ConfigError([f"stages[{index}].init_from: {stage['init_from']!r} is not an "

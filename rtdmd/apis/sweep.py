@@ -171,14 +171,16 @@ def value_label(value: Any) -> str:
     return format_value(value).replace('"', '').replace('/', '_')
 
 
-def plan_jobs(sweep: Sweep, work_dir: str, common: dict) -> list[Job]:
-    """One job per point; every point's config, and each of its stages', loads and validates."""
+def plan_jobs(sweep: Sweep, work_dir: str, common: dict,
+              points: list[Point] | None = None) -> list[Job]:
+    """One job per point (``points``: these only, default the whole grid); every point's config,
+    and each of its stages', loads and validates."""
     from rtdmd.apis.pipeline import check_pipeline
     from rtdmd.apis.stages import split_stage_options
     from rtdmd.utils.config import load_config
 
     jobs, errors = [], []
-    for point in sweep.points():
+    for point in sweep.points() if points is None else points:
         options = {**common, **point.options}
         point_dir = osp.join(work_dir, point.name)
         where = point.name
@@ -254,7 +256,9 @@ def write_results(work_dir: str, sweep: Sweep, rows: list[dict]) -> str:
 
 def plot_results(path: str, sweep: Sweep, rows: list[dict]) -> None:
     """Per metric: a heatmap for two axes, else lines over the first axis (one per combination
-    of the other axes)."""
+    of the other axes). Each panel names its metric on the y axis (the colour bar of a
+    heatmap); limits span at least 10% of the largest magnitude (:func:`value_limits`), so
+    differences of a fraction of a percent do not fill the panel like cliffs."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -268,23 +272,27 @@ def plot_results(path: str, sweep: Sweep, rows: list[dict]) -> None:
     for ax, metric in zip(grid.flat, sweep.metrics, strict=False):
         values = [row[metric] for row in rows]
         values = [float(v) if isinstance(v, (int, float)) else math.nan for v in values]
+        limits = value_limits(values)
         ax.set_title(metric)
         ax.set_xlabel(axes[-1] if len(axes) == 2 else axes[0])
         if len(axes) == 2:
             image = ax.imshow([values[i * per_x:(i + 1) * per_x] for i in range(len(labels[0]))],
-                              cmap='viridis', aspect='auto')
+                              cmap='viridis', aspect='auto', vmin=limits[0], vmax=limits[1])
             for k, v in enumerate(values):
                 ax.text(k % per_x, k // per_x, '-' if math.isnan(v) else f'{v:.3f}',
                         ha='center', va='center', color='w', fontsize=8)
             ax.set_xticks(range(per_x), labels[1])
             ax.set_yticks(range(len(labels[0])), labels[0])
             ax.set_ylabel(axes[0])
-            fig.colorbar(image, ax=ax)
+            fig.colorbar(image, ax=ax, label=metric)
             continue
         for k in range(per_x):  # one line per combination of the other axes
             label = ','.join(f'{a}={rows[k][a]}' for a in axes[1:]) or None
             ax.plot(range(len(labels[0])), values[k::per_x], marker='o', label=label)
         ax.set_xticks(range(len(labels[0])), labels[0])
+        ax.set_ylabel(metric)
+        ax.set_ylim(*limits)
+        ax.grid(alpha=0.3)
         if len(axes) > 2:
             ax.legend(fontsize=7)
     for ax in list(grid.flat)[len(sweep.metrics):]:
@@ -292,3 +300,17 @@ def plot_results(path: str, sweep: Sweep, rows: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def value_limits(values: list[float], min_span: float = 0.1, pad: float = 0.08
+                 ) -> tuple[float, float]:
+    """Axis limits of ``values`` (NaN ignored): their range, widened around its centre to at
+    least ``min_span`` times the largest magnitude, then padded by ``pad`` of the span."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    span = max(high - low, min_span * max(abs(low), abs(high)), 1e-12)
+    centre = (low + high) / 2
+    half = (0.5 + pad) * span
+    return centre - half, centre + half

@@ -1,4 +1,5 @@
 from .class_prompts import ClassPromptDataset
+from .shapes import ShapesImageDataset, ShapesPromptDataset
 from .text_prompts import (
                            BENCHMARKS,
                            PromptFileError,
@@ -8,5 +9,6 @@ from .text_prompts import (
                            read_prompt_file,
 )
 
-__all__ = ['BENCHMARKS', 'ClassPromptDataset', 'PromptFileError', 'TextPromptDataset',
+__all__ = ['BENCHMARKS', 'ClassPromptDataset', 'PromptFileError', 'ShapesImageDataset',
+           'ShapesPromptDataset', 'TextPromptDataset',
            'load_benchmark', 'ocr_target', 'read_prompt_file']

@@ -182,6 +182,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     'hpsv3': Benchmark('hpsv3_test.txt', False, None),
     'ocr': Benchmark('ocr_test.txt', False, validate_ocr),
     'pickscore_test': Benchmark('pickscore_test.txt', False, None),
+    # The shapes world's held-out prompts, 16 per GenEval tag (ShapesPromptDataset('heldout',
+    # per_tag=16), written out; a test keeps the two equal).
+    'shapes': Benchmark('shapes_heldout.jsonl', True, validate_geneval),
 }
 
 

@@ -10,6 +10,7 @@ from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
 from torch import nn
 
 from rtdmd.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from rtdmd.utils.sharding import is_sharded
 
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 
@@ -53,7 +54,13 @@ class DistillerOptimWrapperConstructor:
             cfg.setdefault('type', 'NonFiniteGuardOptimWrapper')
             wrapper = OPTIM_WRAPPERS.build(
                 cfg, default_args=dict(optimizer=OPTIMIZERS.build(optimizer_cfg)))
+            net = getattr(module.backbone, role)
             if isinstance(wrapper, NonFiniteGuardOptimWrapper):
                 wrapper.role = role
+                wrapper.sharded_net = net if is_sharded(net) else None
+            elif is_sharded(net):
+                raise ValueError(f'optim_wrapper.{role}: under FSDP (DistillerFullyShard) the '
+                                 f'wrapper must be NonFiniteGuardOptimWrapper (it gathers and '
+                                 f'loads the sharded state), got {type(wrapper).__name__}')
             wrappers[role] = wrapper
         return OptimWrapperDict(**wrappers)

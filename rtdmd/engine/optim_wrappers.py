@@ -15,7 +15,9 @@ averaged, but a loss can be inf on one rank only).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,7 +26,8 @@ from mmengine.optim import OptimWrapper
 
 from rtdmd.registry import OPTIM_WRAPPERS
 
-__all__ = ['NonFiniteGuardOptimWrapper', 'guarded_wrappers', 'iteration_skipped']
+__all__ = ['AmpGuardOptimWrapper', 'NonFiniteGuardOptimWrapper', 'guarded_wrappers',
+           'iteration_skipped']
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -39,6 +42,9 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
 
     Attributes:
         role: the trainable role this wrapper steps (set by the optimizer constructor).
+        sharded_net: the role's network when FSDP2 shards it (set by the optimizer
+            constructor), else ``None``: its state is then gathered and loaded as full tensors
+            (:func:`rtdmd.engine.fsdp.full_optimizer_state`).
         skipped_steps: number of steps skipped so far.
         last_skip_iter: the iteration (``runner.iter``) of the latest skipped step, or -1.
         last_skip_reason: what was not finite at that skip.
@@ -48,6 +54,7 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
                  clip_grad: dict | None = None) -> None:
         super().__init__(optimizer, accumulative_counts=accumulative_counts, clip_grad=clip_grad)
         self.role = ''
+        self.sharded_net: torch.nn.Module | None = None
         self.skipped_steps = 0
         self.last_skip_iter = -1
         self.last_skip_reason = ''
@@ -70,6 +77,27 @@ class NonFiniteGuardOptimWrapper(OptimWrapper):
         self.last_skip_reason = reason
         name = getattr(self, 'grad_name', 'grad_norm')
         self.message_hub.update_scalar(f'train/{name}', float('nan'))  # logged as what it is
+
+    def full_state_dict(self) -> dict:
+        """``state_dict()`` with full tensors; under FSDP every rank must call it (rank 0 gets
+        the state, the others an empty dict)."""
+        if self.sharded_net is None:
+            return self.state_dict()
+        from rtdmd.engine.fsdp import full_optimizer_state
+
+        return full_optimizer_state(self.sharded_net, self.optimizer)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a full state (written with any number of ranks); under FSDP each rank keeps
+        its shards of it."""
+        if self.sharded_net is None:
+            super().load_state_dict(state_dict)
+            return
+        from rtdmd.engine.fsdp import load_full_optimizer_state
+
+        state_dict = dict(state_dict)
+        state_dict.pop('base_param_settings', None)
+        load_full_optimizer_state(self.sharded_net, self.optimizer, state_dict)
 
     def zero_grad(self, **kwargs: Any) -> None:
         super().zero_grad(**kwargs)
@@ -117,3 +145,33 @@ def guarded_wrappers(runner: Any) -> dict[str, NonFiniteGuardOptimWrapper]:
 def iteration_skipped(runner: Any) -> bool:
     """True when a guarded wrapper skipped a step in the current iteration (``runner.iter``)."""
     return any(w.last_skip_iter == runner.iter for w in guarded_wrappers(runner).values())
+
+
+@OPTIM_WRAPPERS.register_module()
+class AmpGuardOptimWrapper(NonFiniteGuardOptimWrapper):
+    """:class:`NonFiniteGuardOptimWrapper` whose forwards run under bf16 autocast (``--amp``).
+
+    Kept instead of mmengine's ``AmpOptimWrapper`` for two reasons: it refuses to build without
+    an accelerator (the CPU runs and tests could not use it), and its ``GradScaler`` does not
+    mix with the guard (a step the guard skips never lets the scaler lower its scale). bf16 has
+    fp32's exponent range, so it needs no loss scaling; float16 is refused for that reason.
+
+    Args:
+        optimizer, accumulative_counts, clip_grad: as :class:`NonFiniteGuardOptimWrapper`.
+        dtype: the autocast dtype; only ``'bfloat16'``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, accumulative_counts: int = 1,
+                 clip_grad: dict | None = None, dtype: str = 'bfloat16') -> None:
+        if dtype != 'bfloat16':
+            raise ValueError(f"AmpGuardOptimWrapper autocasts to 'bfloat16' only (float16 needs "
+                             f'loss scaling), got {dtype!r}')
+        super().__init__(optimizer, accumulative_counts=accumulative_counts, clip_grad=clip_grad)
+        self.cast_dtype = torch.bfloat16
+
+    @contextlib.contextmanager
+    def optim_context(self, model: torch.nn.Module) -> Iterator[None]:
+        params = [p for p in model.parameters()]
+        device_type = params[0].device.type if params else 'cpu'
+        with super().optim_context(model), torch.autocast(device_type, dtype=self.cast_dtype):
+            yield

@@ -11,8 +11,21 @@ from torch.nn.parallel import DistributedDataParallel
 from rtdmd.registry import MODEL_WRAPPERS
 
 
+class DistillerWrapper(nn.Module):
+    """The Runner's steps go to the distiller, which wraps its roles itself (DDP or FSDP2)."""
+
+    def train_step(self, data: Any, optim_wrapper: Any) -> dict:
+        return self.module.train_step(data, optim_wrapper)
+
+    def val_step(self, data: Any) -> list:
+        return self.module.val_step(data)
+
+    def test_step(self, data: Any) -> list:
+        return self.module.test_step(data)
+
+
 @MODEL_WRAPPERS.register_module()
-class DistillerDataParallel(nn.Module):
+class DistillerDataParallel(DistillerWrapper):
     """Wraps ``generator`` and ``fake_score`` of the distiller's backbone in their own DDP.
 
     The wrappers live beside the module tree (``Backbone.net(role)`` returns them), so state
@@ -37,12 +50,3 @@ class DistillerDataParallel(nn.Module):
                                            broadcast_buffers=broadcast_buffers)
 
         module.backbone.wrap_roles(wrap)
-
-    def train_step(self, data: Any, optim_wrapper: Any) -> dict:
-        return self.module.train_step(data, optim_wrapper)
-
-    def val_step(self, data: Any) -> list:
-        return self.module.val_step(data)
-
-    def test_step(self, data: Any) -> list:
-        return self.module.test_step(data)

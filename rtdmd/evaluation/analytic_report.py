@@ -28,8 +28,6 @@ Nothing here assumes two dimensions: projections, densities and the tilted famil
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 from collections.abc import Callable, Iterator
 
@@ -38,6 +36,8 @@ import torch
 from torch import Tensor
 
 from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
+from rtdmd.utils.atomic import atomic_write, atomic_write_json, atomic_write_text
+from rtdmd.utils.provenance import provenance
 
 from .sliced_wasserstein import fixed_projections
 from .tilted import TiltedSampler, exact_mean_reward, sample_tilted, tilted_mixture
@@ -47,7 +47,8 @@ COLUMNS = ('sw2_teacher', 'sw2_floor', 'mode_tv_teacher', 'off_support', 'mean_r
            'mode_tv_target', 'sw2_floor_family', 'off_support_target', 'reward_std_target')
 GRID_SIZE = 16          # geometric grid points in [beta_max / 1000, beta_max], plus beta = 0
 GRID_RANGE = 1e-3
-GOLDEN_ITERS = 10       # shrinks the bracket (two grid cells, ~0.95 beta) by 0.618^10 ~ 0.008
+SEARCH_ITERS = 12       # Brent evaluations in the bracket around the best grid point
+SEARCH_XTOL = 0.008     # beta tolerance, relative to that bracket (two grid cells, ~0.95 beta)
 SEARCH_DRAWS = 2        # common-random-number reference sets per class in the beta search
 OFF_SUPPORT_QUANTILE = 1e-3
 MEAN_REWARD_N = 65_536  # exact samples for the target's mean reward without a closed form
@@ -99,7 +100,11 @@ def beta_grid(beta_max: float) -> list[float]:
 
 def fit_beta(objective: Callable[[float], float], beta_max: float,
              grid_values: list[float] | None = None) -> tuple[float, float]:
-    """Minimise ``objective`` on ``[0, beta_max]``: ``beta_grid``, then golden section.
+    """Minimise ``objective`` on ``[0, beta_max]``: ``beta_grid``, then Brent's bounded search
+    (``scipy.optimize.minimize_scalar``) between the best grid point's neighbours.
+
+    The grid first: the objective (an SW2 to exact samples) need not be unimodal on the whole
+    range, and a local search alone could settle in the wrong basin.
 
     Args:
         objective: the function of ``beta`` to minimise.
@@ -107,29 +112,19 @@ def fit_beta(objective: Callable[[float], float], beta_max: float,
         grid_values: ``objective`` on ``beta_grid(beta_max)`` if already computed.
 
     Returns:
-        ``(beta_hat, objective(beta_hat))``.
+        ``(beta_hat, objective(beta_hat))``: the best point evaluated.
     """
+    from scipy.optimize import minimize_scalar
+
     grid = beta_grid(beta_max)
     values = grid_values if grid_values is not None else [objective(b) for b in grid]
     i = int(np.argmin(values))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    best_b, best_v = grid[i], values[i]
-    inv_phi = (math.sqrt(5) - 1) / 2
-    a, b = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
-    fa, fb = objective(a), objective(b)
-    for _ in range(GOLDEN_ITERS):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - inv_phi * (hi - lo)
-            fa = objective(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + inv_phi * (hi - lo)
-            fb = objective(b)
-    for cand, val in ((a, fa), (b, fb)):
-        if val < best_v:
-            best_b, best_v = cand, val
-    return float(best_b), float(best_v)
+    found = minimize_scalar(objective, bounds=(lo, hi), method='bounded',
+                            options=dict(xatol=SEARCH_XTOL * (hi - lo), maxiter=SEARCH_ITERS))
+    if float(found.fun) < values[i]:
+        return float(found.x), float(found.fun)
+    return float(grid[i]), float(values[i])
 
 
 class _References:
@@ -379,15 +374,16 @@ def _split(x: Tensor, c: Tensor) -> dict[int, Tensor]:
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
-    """Markdown table, one row per model (``_``-prefixed entries skipped), 3 decimals."""
+    """Markdown table (``tabulate``, GitHub style), one row per model (``_``-prefixed entries
+    skipped), 3 decimals, ``-`` where a model lacks a metric."""
+    from tabulate import tabulate
+
     models = [m for m in metrics if not m.startswith('_')]
     present = {k for m in models for k in metrics[m]}
     cols = [k for k in COLUMNS if k in present] + sorted(present - set(COLUMNS))
-    lines = ['| model | ' + ' | '.join(cols) + ' |', '|---' * (len(cols) + 1) + '|']
-    for m in models:
-        cells = [f'{metrics[m][k]:.3f}' if k in metrics[m] else '-' for k in cols]
-        lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+    rows = [[m, *(metrics[m].get(k) for k in cols)] for m in models]
+    return tabulate(rows, headers=['model', *cols], tablefmt='github', floatfmt='.3f',
+                    missingval='-')
 
 
 def write_report(out_dir: str, teacher: GaussianMixtureTeacher, reward: torch.nn.Module | None,
@@ -398,17 +394,15 @@ def write_report(out_dir: str, teacher: GaussianMixtureTeacher, reward: torch.nn
 
     os.makedirs(out_dir, exist_ok=True)
     for name, (x, c) in samples.items():
-        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-        np.savez(os.path.join(out_dir, name, 'samples.npz'),
-                 x=x.detach().cpu().numpy().astype(np.float32),
-                 c=c.detach().cpu().numpy().astype(np.int64))
-    with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-        json.dump({**metrics, '_settings': settings}, f, indent=2)
-    with open(os.path.join(out_dir, 'table.md'), 'w') as f:
-        f.write(format_table(metrics) + '\n')
-    target, title = teacher, 'contours: teacher'
+        arrays = dict(x=x.detach().cpu().numpy().astype(np.float32),
+                      c=c.detach().cpu().numpy().astype(np.int64))
+        atomic_write(os.path.join(out_dir, name, 'samples.npz'),
+                     lambda f, arrays=arrays: np.savez(f, **arrays))
+    atomic_write_json(os.path.join(out_dir, 'metrics.json'),
+                      {**metrics, '_settings': settings, '_provenance': provenance()})
+    atomic_write_text(os.path.join(out_dir, 'table.md'), format_table(metrics) + '\n')
+    tilted = None  # the teacher's contours on every panel without a closed-form tilt
     if reward is not None and beta is not None:
-        tilted = tilted_mixture(teacher, reward, beta)  # None without a closed form: teacher
-        if tilted is not None:
-            target, title = tilted, f'contours: teacher tilted at beta={beta:g}'
-    plot_samples(samples, target, os.path.join(out_dir, 'samples.png'), title=title)
+        tilted = tilted_mixture(teacher, reward, beta)
+    plot_samples(samples, teacher, os.path.join(out_dir, 'samples.png'), tilted=tilted,
+                 beta=beta, metrics=metrics, reward=reward)

@@ -29,14 +29,14 @@ import hashlib
 import io
 import json
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from rtdmd.utils.rng import stream_seed
 
@@ -70,21 +70,23 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray | Tensor, num_resamples: i
                  confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of ``values`` ``(N,)``; invalid scores dropped.
 
-    Draws ``num_resamples`` resamples of size N with replacement (seeded, so the interval is
-    reproducible) and returns the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles
-    of their means. ``(nan, nan)`` for no valid value.
+    ``scipy.stats.bootstrap`` (percentile method) with ``num_resamples`` resamples of size N
+    drawn with replacement from a generator seeded by ``seed``, so the interval is
+    reproducible. ``(nan, nan)`` for no valid value; a single value is its own interval.
     """
+    from scipy.stats import bootstrap
+
     x = valid_scores(values)
     n = x.size
     if n == 0:
         return float('nan'), float('nan')
-    rng = np.random.default_rng(seed)
-    # chunked so that num_resamples * N indices never exceed ~4M at once
-    chunk = max(1, min(num_resamples, (1 << 22) // n))
-    means = np.concatenate([x[rng.integers(0, n, size=(min(chunk, num_resamples - s), n))]
-                            .mean(axis=1) for s in range(0, num_resamples, chunk)])
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    if n == 1:  # scipy refuses a sample of one; every resample is that value
+        return float(x[0]), float(x[0])
+    # batches of ~4M indices at most (num_resamples x N at once could exhaust memory)
+    result = bootstrap((x,), np.mean, n_resamples=num_resamples, confidence_level=confidence,
+                       method='percentile', rng=np.random.default_rng(seed), vectorized=True,
+                       batch=max(1, min(num_resamples, (1 << 22) // n)))
+    low, high = result.confidence_interval
     return float(low), float(high)
 
 
@@ -167,33 +169,33 @@ def _load_all_scores(out_dir: Path, settings: dict, own: Path | None
     return done
 
 
-class _Progress:
-    """``done/total`` with throughput and ETA, one line per batch."""
-
-    def __init__(self, total: int, done: int, log: Callable[[str], None]) -> None:
-        self.total, self.done, self.log = total, done, log
-        self.start, self.new = time.perf_counter(), 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.new += n
-        elapsed = time.perf_counter() - self.start
-        rate = self.new / max(elapsed, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float('inf')
-        self.log(f'[benchmark] {self.done}/{self.total} samples, {rate:.2f}/s, '
-                 f'elapsed {elapsed:.0f}s, ETA {eta:.0f}s')
-
-
-def _write_grid(out_dir: Path, grid_jobs: list[tuple[int, int]]) -> None:
-    """``grid.png`` from the saved ``samples/`` of the first jobs (those present so far)."""
+def _write_grid(out_dir: Path, grid_jobs: list[tuple[int, int]],
+                records: Mapping[tuple[int, int], dict]) -> None:
+    """``grid.png`` from the saved ``samples/`` of the first jobs (those present so far), each
+    captioned with its prompt, seed and first reward's score (from ``records``)."""
     from PIL import Image
     from torchvision.transforms.functional import to_tensor
-    from torchvision.utils import make_grid, save_image
 
-    files = [out_dir / 'samples' / f'{i:05d}_seed{s}.png' for i, s in grid_jobs]
-    images = [to_tensor(Image.open(f).convert('RGB')) for f in files if f.exists()]
-    if images:
-        save_image(make_grid(images, nrow=min(4, len(images))), out_dir / 'grid.png')
+    from rtdmd.engine.hooks.visualization import figure_to_array, image_grid_figure
+    from rtdmd.utils.atomic import atomic_write_bytes
+
+    found = [(job, out_dir / 'samples' / f'{job[0]:05d}_seed{job[1]}.png') for job in grid_jobs]
+    found = [(job, f) for job, f in found if f.exists() and job in records]
+    if not found:
+        return
+    images = torch.stack([to_tensor(Image.open(f).convert('RGB')) for _, f in found])
+    captions = [_caption(records[job]) for job, _ in found]
+    image = figure_to_array(image_grid_figure(images, captions, out_dir.name))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format='png')
+    atomic_write_bytes(str(out_dir / 'grid.png'), buffer.getvalue())
+
+
+def _caption(record: dict) -> str:
+    """``prompt (seed s)``, then a line with the first reward and its score."""
+    name, score = next(iter(record['scores'].items()), (None, None))
+    value = '-' if score is None else f'{score:.3f}'
+    return f"{record['prompt']} (seed {record['seed']})" + (f'\n{name} {value}' if name else '')
 
 
 def _score_batch(scorers: Mapping[str, Any], images: Tensor, texts: list[str],
@@ -217,7 +219,7 @@ def _score_batch(scorers: Mapping[str, Any], images: Tensor, texts: list[str],
 def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Sequence[dict],
                   out_dir: str | Path, *, seeds: Sequence[int] = (42,), batch_size: int = 8,
                   settings: Mapping[str, Any] | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+                  progress_file: TextIO | None = None) -> dict:
     """Generate and score every (prompt, seed), resumably; write the metrics; return them.
 
     Under ``torch.distributed`` every process takes every ``world_size``-th pending sample and
@@ -238,7 +240,7 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
         settings: the fixed sampling settings (steps, cfg scale, resolution, checkpoint, ...),
             recorded in ``scores.jsonl`` and ``metrics.json`` together with the seeds, batch
             size, reward names and a hash of the prompt texts; a resume must match them all.
-        log: progress-line sink (default: stderr).
+        progress_file: where the tqdm progress bar goes (default: stderr); rank 0 only.
 
     Returns:
         ``{reward: summarize(...), '_settings': {...}}`` as written to ``metrics.json``.
@@ -250,7 +252,6 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
     from mmengine.dist import barrier, get_dist_info
 
     rank, world = get_dist_info()
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_settings = _run_settings(settings or {}, seeds, batch_size, scorers, prompts)
@@ -265,28 +266,23 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
     # one process: all samples, resumed ones counted; several: rank 0 reports its own share
     total, already = ((len(jobs), sum(job in done for job in jobs)) if world == 1
                       else (sum(len(v) for v in shares.values()), 0))
-    progress = _Progress(total, already, log if rank == 0 else (lambda msg: None))
-    for seed in seeds:
-        pending = shares[seed]
-        for start in range(0, len(pending), batch_size):
-            idx = pending[start:start + batch_size]
-            texts = [prompts[i]['prompt'] for i in idx]
-            metas = [dict(prompts[i].get('metadata') or {}) for i in idx]
-            seeds_i = [sample_seed(seed, i) for i in idx]
-            # scored where they were made (rewards run on the generator's device), saved on CPU
-            images = generate(texts, seeds_i).detach().float().clamp(0, 1)
-            if images.ndim != 4 or images.shape[0] != len(idx) or images.shape[1] != 3:
-                raise ValueError(f'generate returned shape {tuple(images.shape)}, expected '
-                                 f'({len(idx)}, 3, H, W)')
-            scores = _score_batch(scorers, images, texts, metas)
-            _save_grid_samples(out_dir, images.cpu(), idx, seed, grid_jobs, grid=world == 1)
-            with scores_path.open('a') as f:
-                for k, i in enumerate(idx):
-                    rec = dict(index=i, seed=seed, sample_seed=seeds_i[k], prompt=texts[k],
-                               scores={name: v[k] for name, v in scores.items()})
-                    done[(i, seed)] = rec
-                    f.write(json.dumps(rec) + '\n')
-            progress.update(len(idx))
+    progress = tqdm(total=total, initial=already, unit='sample', desc=f'[benchmark] {out_dir.name}',
+                    file=progress_file or sys.stderr, disable=rank != 0, dynamic_ncols=True)
+    try:
+        for seed in seeds:
+            for start in range(0, len(shares[seed]), batch_size):
+                idx = shares[seed][start:start + batch_size]
+                records, images = _generate_batch(generate, scorers, prompts, idx, seed)
+                with scores_path.open('a') as f:
+                    for rec in records:
+                        done[(rec['index'], seed)] = rec
+                        f.write(json.dumps(rec) + '\n')
+                # one process: the grid grows as samples come; several: rank 0 draws it at the end
+                _save_grid_samples(out_dir, images, idx, seed, grid_jobs,
+                                   done if world == 1 else None)
+                progress.update(len(idx))
+    finally:
+        progress.close()
 
     if world > 1:
         barrier()  # every share is written
@@ -299,13 +295,33 @@ def run_benchmark(generate: Generate, scorers: Mapping[str, Any], prompts: Seque
     metrics = {name: summarize([r['scores'].get(name) for r in records]) for name in names}
     metrics['_settings'] = run_settings
     if rank == 0:
-        _write_grid(out_dir, grid_jobs)
+        _write_grid(out_dir, grid_jobs, done)
         (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + '\n')
     return metrics
 
 
+def _generate_batch(generate: Generate, scorers: Mapping[str, Any], prompts: Sequence[dict],
+                    idx: list[int], seed: int) -> tuple[list[dict], Tensor]:
+    """Generate and score prompts ``idx`` under run seed ``seed``: the records to append and
+    the images (on the CPU)."""
+    texts = [prompts[i]['prompt'] for i in idx]
+    metas = [dict(prompts[i].get('metadata') or {}) for i in idx]
+    seeds_i = [sample_seed(seed, i) for i in idx]
+    # scored where they were made (rewards run on the generator's device), saved on CPU
+    images = generate(texts, seeds_i).detach().float().clamp(0, 1)
+    if images.ndim != 4 or images.shape[0] != len(idx) or images.shape[1] != 3:
+        raise ValueError(f'generate returned shape {tuple(images.shape)}, expected '
+                         f'({len(idx)}, 3, H, W)')
+    scores = _score_batch(scorers, images, texts, metas)
+    return [dict(index=i, seed=seed, sample_seed=seeds_i[k], prompt=texts[k],
+                 scores={name: v[k] for name, v in scores.items()})
+            for k, i in enumerate(idx)], images.cpu()
+
+
 def _save_grid_samples(out_dir: Path, images: Tensor, idx: list[int], seed: int,
-                       grid_jobs: list[tuple[int, int]], grid: bool = True) -> None:
+                       grid_jobs: list[tuple[int, int]],
+                       records: Mapping[tuple[int, int], dict] | None) -> None:
+    """Save the grid's samples among ``idx``; redraw ``grid.png`` if ``records`` are given."""
     from torchvision.utils import save_image
 
     wanted = set(grid_jobs)
@@ -315,8 +331,8 @@ def _save_grid_samples(out_dir: Path, images: Tensor, idx: list[int], seed: int,
     (out_dir / 'samples').mkdir(exist_ok=True)
     for k, i in hits:
         save_image(images[k], out_dir / 'samples' / f'{i:05d}_seed{seed}.png')
-    if grid:  # one process: the grid grows as samples come; several: rank 0 writes it at the end
-        _write_grid(out_dir, grid_jobs)
+    if records is not None:
+        _write_grid(out_dir, grid_jobs, records)
 
 
 def compare_methods(results: Mapping[str, Mapping[str, Any]],
@@ -331,17 +347,19 @@ def compare_methods(results: Mapping[str, Mapping[str, Any]],
         ``(markdown, csv)``. A reward a method lacks, or one without a valid score, shows as ``-``
         (markdown) / empty (CSV).
     """
+    from tabulate import tabulate
+
     loaded = {m: json.loads(Path(r).read_text()) if isinstance(r, str | Path) else r
               for m, r in results.items()}
     rewards: list[str] = []
     for metrics in loaded.values():
         rewards += [k for k in metrics if not k.startswith('_') and k not in rewards]
 
-    md = ['| method | ' + ' | '.join(rewards) + ' |', '|---' * (len(rewards) + 1) + '|']
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator='\n')
     fields = ('mean', 'std', 'ci_low', 'ci_high', 'count')
     writer.writerow(['method'] + [f'{r}_{f}' for r in rewards for f in fields])
+    md = []
     for method, metrics in loaded.items():
         cells, row = [], [method]
         for r in rewards:
@@ -353,9 +371,10 @@ def compare_methods(results: Mapping[str, Mapping[str, Any]],
             half = (s['ci_high'] - s['ci_low']) / 2
             cells.append(f"{s['mean']:.4f} ± {half:.4f}")
             row += [s[f] for f in fields]
-        md.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+        md.append([method, *cells])
         writer.writerow(row)
-    table, table_csv = '\n'.join(md) + '\n', buf.getvalue()
+    markdown = tabulate(md, headers=['method', *rewards], tablefmt='github', disable_numparse=True)
+    table, table_csv = markdown + '\n', buf.getvalue()
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -108,12 +108,14 @@ class PipelineGenerator:
 
         record_file = osp.join(path, EXPORT_RECORD)
         if not osp.isfile(osp.join(path, 'model_index.json')) or not osp.isfile(record_file):
-            raise FileNotFoundError(f'{path} is not a pipeline exported by tools/export.py '
-                                    f'(expected model_index.json and {EXPORT_RECORD} in it)')
+            raise FileNotFoundError(f'{path} is not a standalone pipeline exported by '
+                                    f'tools/export.py --merged --copy-unchanged (expected '
+                                    f'model_index.json and {EXPORT_RECORD} in it)')
         with open(record_file) as f:
             self.record = json.load(f)
         self.path = path
-        self.pipe = DiffusionPipeline.from_pretrained(path).to(device)
+        # trust_remote_code: the export's pipeline.py (diffusers only) holds its call defaults.
+        self.pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.call_kwargs = dict(self.record['call_kwargs'], **(call_kwargs or {}))
 

@@ -187,6 +187,7 @@ def evaluate_method(generate: Callable, settings: Mapping[str, Any], bench: Mapp
         out_dir: the method's folder (``<out_root>/<method>``).
         scorers: builds each suite's rewards when its turn comes.
         seeds, batch_size, max_prompts: override the section's values.
+        log: sink of one line per suite (its progress bar goes to stderr).
     """
     out_dir = Path(out_dir)
     seeds = list(seeds or bench.get('seeds') or [42])
@@ -204,7 +205,7 @@ def evaluate_method(generate: Callable, settings: Mapping[str, Any], bench: Mapp
                 f'{len(seeds)} seeds, rewards {list(suite["rewards"])}')
         metrics = run_benchmark(generate, scorers.get(suite['rewards']), prompts,
                                 out_dir / suite_name, seeds=seeds, batch_size=batch_size,
-                                settings=suite_settings, log=log)
+                                settings=suite_settings)
         recorded[suite_name] = metrics.pop('_settings')
         flat.update({f'{suite_name}/{key}': value for key, value in metrics.items()})
     merged = _read_json(out_dir / METRICS_FILE)  # earlier suites of this method stay

@@ -1,1 +1,1 @@
-from . import backbones, distillers, losses, samplers  # noqa: F401  (register modules)
+from . import backbones, distillers, losses, samplers, teachers  # noqa: F401  (register modules)

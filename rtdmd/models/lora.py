@@ -16,6 +16,8 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
+from rtdmd.utils.sharding import copy_into_param
+
 TRAINABLE = 'default'
 FROZEN_STAGE = 'stage1'
 
@@ -91,8 +93,8 @@ def reinit_lora(model: nn.Module, std: float, generator: torch.Generator,
     for pname, param in sorted(model.named_parameters()):
         if f'.{name}.' not in pname:
             continue
-        if 'lora_A' in pname:
-            param.copy_(std * torch.randn(param.shape, generator=generator))
+        if 'lora_A' in pname:  # drawn whole on every rank; a sharded one keeps its shard
+            copy_into_param(param, std * torch.randn(param.shape, generator=generator))
         elif 'lora_B' in pname:
             param.zero_()
 
@@ -140,3 +142,46 @@ class AdapterDisabledView(nn.Module):
     def forward(self, *args, **kwargs):
         with torch.no_grad(), adapters_disabled(self._target) as base:
             return base(*args, **kwargs)
+
+
+def combined_lora(model: nn.Module) -> tuple[dict[str, torch.Tensor], LoraConfig]:
+    """Every active adapter of ``model`` as one LoRA with peft's adapter-free keys.
+
+    One adapter is returned as trained (peft's ``get_peft_model_state_dict``). Stacked adapters
+    (stage 2: stage 1's frozen one under the trained one, ``W + s1 B1 A1 + s2 B2 A2``) are
+    concatenated along the rank, ``A = [A1; A2]`` and ``B = [c1 B1, c2 B2]`` with
+    ``c_i = s_i / s``, where ``s = alpha / rank`` of the result (``alpha = alpha1 + alpha2``), so
+    ``s B A`` equals the sum exactly: no SVD truncation, no approximation.
+
+    Returns:
+        ``(state, config)``: ``lora_A`` / ``lora_B`` weights keyed like
+        ``transformer_blocks.0.attn.to_q.lora_A.weight`` and the matching ``LoraConfig``.
+    """
+    from peft import get_peft_model_state_dict
+
+    configs = getattr(model, 'peft_config', {})
+    names = [n for n in (FROZEN_STAGE, TRAINABLE) if n in configs]
+    if not names:
+        raise ValueError(f'{type(model).__name__} carries no LoRA adapter')
+    states = {n: get_peft_model_state_dict(model, adapter_name=n) for n in names}
+    if len(names) == 1:
+        return {k: v.detach().clone() for k, v in states[names[0]].items()}, configs[names[0]]
+    if any(configs[n].rank_pattern or configs[n].alpha_pattern for n in names):
+        raise ValueError('stacked adapters with per-module rank or alpha patterns cannot be '
+                         'combined')
+    targets = [set(configs[n].target_modules) for n in names]
+    if set(states[names[0]]) != set(states[names[1]]) or targets[0] != targets[1]:
+        raise ValueError(f'adapters {names} adapt different modules: cannot combine them')
+    rank = sum(configs[n].r for n in names)
+    alpha = sum(configs[n].lora_alpha for n in names)
+    factors = {n: (configs[n].lora_alpha / configs[n].r) / (alpha / rank) for n in names}
+    state = {}
+    for key in states[names[0]]:
+        if '.lora_A.' in key:
+            state[key] = torch.cat([states[n][key].detach() for n in names], dim=0)
+        elif '.lora_B.' in key:
+            state[key] = torch.cat([factors[n] * states[n][key].detach() for n in names], dim=1)
+        else:
+            raise ValueError(f'cannot combine LoRA entry {key} (only lora_A / lora_B weights)')
+    config = lora_config(rank, alpha, sorted(targets[0]), configs[names[0]].init_lora_weights)
+    return state, config

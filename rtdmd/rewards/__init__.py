@@ -13,10 +13,12 @@ from .imagenet_classifier import ImageNetClassifierReward
 from .multi import MultiReward
 from .ocr import OCRReward
 from .pick_score import PickScore
+from .shapes import ShapesGenEvalReward, ShapesSoftReward
 from .toy import LinearReward, ModeReward, QuadraticReward
 
 __all__ = [
     'AestheticScore', 'CLIPScore', 'GenEval2Reward', 'GenEvalReward', 'HPSv2', 'HPSv3',
     'ImageBrightnessReward', 'ImageNetClassifierReward', 'ImageReward', 'LinearReward',
     'ModeReward', 'MultiReward', 'OCRReward', 'PickScore', 'QuadraticReward', 'RewardScorer',
+    'ShapesGenEvalReward', 'ShapesSoftReward',
 ]

@@ -76,7 +76,7 @@ def require_files(path: str, files: Sequence[str], source: str, scorer: str) -> 
         return
     shown = '\n  '.join(osp.join(path, m) for m in missing)
     # A bare Hugging Face repo id gets a download command; anything else is shown as written.
-    hint = (f' Get them with\n  huggingface-cli download {source} --local-dir {path}\n'
+    hint = (f' Get them with\n  hf download {source} --local-dir {path}\n'
             if ' ' not in source and '://' not in source else '\n')
     raise MissingRewardWeightsError(
         f'the {scorer} reward weights are not at {path!r} (missing:\n  {shown}\n).\n'

@@ -53,7 +53,7 @@ __all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config',
 #: read them from ``cfg``; an issue that adds such a key extends this set (and nothing else).
 EXTRA_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
     {'world', 'reward', 'backbone', 'stages', 'evaluation', 'weights_root', 'benchmark',
-     'train_rewards', 'stage_name'})
+     'train_rewards', 'stage_name', 'family'})
 
 # Top-level keys mmengine itself reads from ``cfg`` although they are not Runner arguments:
 # Config.fromfile imports ``custom_imports``; ``Runner.wrap_model`` reads the other three;
@@ -121,6 +121,7 @@ def load_config(path: str, cfg_options: dict | None = None) -> Config:
         raise FileNotFoundError(f'config file not found: {path!r}')
     cfg = Config.fromfile(path)
     if cfg_options:
+        _check_option_parents(cfg, cfg_options)
         _drop_keys_of_replaced_types(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     try:
@@ -362,6 +363,35 @@ def _kwargs_take_nothing(init: Any) -> bool:
 
 
 # ------------------------------------------------------------------------ replaced types
+_MISSING = object()
+
+
+def _check_option_parents(cfg: Config, cfg_options: dict) -> None:
+    """Refuse options that set a key below one that is (or is set to) a plain value, e.g.
+    ``model.matching=None`` beside ``model.matching.type=...`` (mmengine would fail with a bare
+    ``TypeError``); the message names both keys."""
+    assigned: dict[str, object] = {}
+    for key, value in cfg_options.items():
+        parts = str(key).split('.')
+        for depth in range(1, len(parts)):
+            parent = '.'.join(parts[:depth])
+            node = assigned.get(parent, _MISSING)
+            if node is _MISSING:
+                above = _get_path(cfg._cfg_dict, tuple(parts[:depth - 1]))
+                if not isinstance(above, dict) or parts[depth - 1] not in above:
+                    break  # absent (or inside a list): mmengine creates or indexes it
+                node = dict.__getitem__(above, parts[depth - 1])
+            if isinstance(node, (list, tuple)):
+                break
+            if not isinstance(node, dict):
+                where = 'the options set it to' if parent in assigned else 'the config has'
+                raise ConfigError([
+                    f'{key}: cannot set a key below {parent!r}, which {where} {node!r}; set '
+                    f'{parent!r} to a dict (e.g. {parent}.type=...) or drop one of the two '
+                    f'options'])
+        assigned[str(key)] = value
+
+
 def _drop_keys_of_replaced_types(cfg: Config, cfg_options: dict) -> list[str]:
     """Before merging ``cfg_options``: for every ``X.type`` they change, drop the keys of the
     base's ``X`` that the new type does not accept and the options do not set. Returns (and

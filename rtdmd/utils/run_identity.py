@@ -6,15 +6,19 @@ of another stage or config, naming the keys that differ (:func:`changed_keys`).
 
 The hash covers every key that can change the trained weights. Left out are the keys that only
 say where and how a run is logged or saved (work dir, logger and checkpoint intervals,
-validation and test settings, the launcher), and ``train_cfg.max_iters``, so that a finished run
-can be trained further with ``--resume``. ``model.init_checkpoint`` enters as the checkpoint's
-content hash rather than its path: re-training stage 1 changes every stage started from it.
+validation and test settings, the launcher, the distributed engine ``model_wrapper_cfg``), and
+``train_cfg.max_iters``, so that a finished run can be trained further with ``--resume``.
+``train_dataloader.batch_size`` enters as the global batch (times ``WORLD_SIZE``), so a run
+resumes on another number of processes with the same global batch. ``model.init_checkpoint``
+enters as the checkpoint's content hash rather than its path: re-training stage 1 changes every
+stage started from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import os.path as osp
 from typing import Any
 
@@ -30,6 +34,7 @@ IGNORED_KEYS: tuple[str, ...] = (
     'default_hooks.timer', 'default_hooks.nonfinite', 'train_cfg.max_iters',
     'train_cfg.val_interval', 'val_dataloader', 'val_evaluator', 'val_cfg', 'test_dataloader',
     'test_evaluator', 'test_cfg', 'evaluation', 'stages', 'benchmark', 'filename', 'stage_name',
+    'model_wrapper_cfg',  # DDP or FSDP train the same weights (tests/test_engine/test_fsdp.py)
 )
 
 
@@ -76,6 +81,9 @@ def config_identity(cfg: Config | dict, stage: str | None = None) -> dict:
     ``options`` are the hashed dotted keys and their values (``changed_keys`` compares them).
     """
     flat = {k: v for k, v in flatten_config(cfg).items() if not _ignored(k)}
+    batch = flat.get('train_dataloader.batch_size')
+    if isinstance(batch, int):  # per process: the global batch is what is trained
+        flat['train_dataloader.batch_size'] = batch * int(os.environ.get('WORLD_SIZE', '1'))
     init = flat.get('model.init_checkpoint')
     if isinstance(init, str) and init:
         flat['model.init_checkpoint'] = checkpoint_content_id(init)

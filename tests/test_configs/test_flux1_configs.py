@@ -73,6 +73,8 @@ def test_stage2_hyperparameters() -> None:
     assert model.terms.policy.clip_low == model.terms.policy.clip_high == 1e-5
     assert dict(model.subgrpo) == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
+    # what tools/plan.py fits in 70 GiB per rank under FSDP on 32 GPUs (docs/scale.md)
+    assert model.micro_batch == dict(rollout=24, fake_score=24, generator=16)
     # the release's stage-2 recipe: loss / (sub-batches x trained steps), a fresh N(0, 1) LoRA
     assert model.loss_normalization == 'per_step' and model.fresh_lora_std == 1.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)

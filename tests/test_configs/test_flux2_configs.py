@@ -73,6 +73,10 @@ def test_stage1_hyperparameters(size: str) -> None:
     assert ema.decay == 0.99 and ema.interval == 1
 
 
+MICRO_BATCH = {'4B': dict(rollout=32, fake_score=24, generator=12),
+               '9B': dict(rollout=24, fake_score=24, generator=16)}
+
+
 @pytest.mark.parametrize('size, consistency, save_every', [('4B', True, 100), ('9B', False, 50)])
 def test_stage2_hyperparameters(size: str, consistency: bool, save_every: int) -> None:
     cfg = _load(STAGE2[size])
@@ -88,6 +92,8 @@ def test_stage2_hyperparameters(size: str, consistency: bool, save_every: int) -
     assert model.terms.policy.clip_low == model.terms.policy.clip_high == 1e-5
     assert dict(model.subgrpo) == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0 and model.sampler.eta == 0.9
+    # what tools/plan.py fits in 70 GiB per rank (4B: DDP on 16 GPUs, 9B: FSDP on 32)
+    assert model.micro_batch == MICRO_BATCH[size]
     # the release's stage-2 recipe: loss / (sub-batches x trained steps), a fresh N(0, 1) LoRA
     assert model.loss_normalization == 'per_step' and model.fresh_lora_std == 1.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)
@@ -133,7 +139,7 @@ def test_preflight_check_names_each_missing_snapshot(tmp_path: Path,
     with pytest.raises(MissingWeightsError, match='generator') as err:
         check_config_weights(_cfg(STAGE2['9B']))
     assert str(tmp_path / 'FLUX.2-klein-9B') in str(err.value)
-    assert 'huggingface-cli download black-forest-labs/FLUX.2-klein-9B' in str(err.value)
+    assert 'hf download black-forest-labs/FLUX.2-klein-9B' in str(err.value)
     gen = tmp_path / 'FLUX.2-klein-9B' / 'transformer'
     gen.mkdir(parents=True)
     (gen / 'config.json').write_text('{}')

@@ -13,9 +13,11 @@ from rtdmd.utils.config import load_config
 
 MODELS = {
     'sd3m': dict(folder='stable-diffusion-3-medium-diffusers', resolution=1024, cfg=7.0,
-                 group_size=16, prompts_per_gpu=2),
+                 group_size=16, prompts_per_gpu=2,
+                 micro_batch=dict(rollout=16, fake_score=16, generator=4)),
     'sd35m': dict(folder='stable-diffusion-3.5-medium', resolution=512, cfg=4.5,
-                  group_size=24, prompts_per_gpu=6),
+                  group_size=24, prompts_per_gpu=6,
+                  micro_batch=dict(rollout=36, fake_score=72, generator=16)),
 }
 LORA_TARGETS = ['attn.to_q', 'attn.to_k', 'attn.to_v', 'attn.to_out.0', 'attn.add_q_proj',
                 'attn.add_k_proj', 'attn.add_v_proj', 'attn.to_add_out']
@@ -90,6 +92,8 @@ def test_stage2_config_and_its_pipeline(name: str) -> None:
     assert model.matching.consistency_loss.loss_weight == 0.01  # on for SD3-M and SD3.5-M
     assert model.subgrpo == dict(range_start=0, range_end=2, num_train_steps=2)
     assert model.advantage_clip == 5.0
+    # what tools/plan.py fits in 70 GiB per rank on DDP (docs/scale.md)
+    assert model.micro_batch == spec['micro_batch']
     # the release's stage-2 recipe: loss / (sub-batches x trained steps), a fresh N(0, 1) LoRA
     assert model.loss_normalization == 'per_step' and model.fresh_lora_std == 1.0
     # the release's training rewards, weight 1 each (ALGORITHM.md 6.3)

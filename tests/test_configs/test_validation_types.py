@@ -119,6 +119,19 @@ def test_every_stage_follows_a_command_line_type_change() -> None:
     assert sub.reward.type == 'QuadraticReward' and 'direction' not in sub.reward
 
 
+def test_a_key_below_a_plain_value_is_refused_with_both_names() -> None:
+    """``model.matching=None`` and a stage's ``model.matching.type`` cannot both apply; the
+    error names the key and its parent instead of mmengine's bare ``TypeError``."""
+    with pytest.raises(ConfigError, match=r"model.matching.type: cannot set a key below "
+                                          r"'model.matching', which the options set it to None"):
+        load_config(STAGE1, {'model.matching': None, 'model.matching.type': 'FinalStepMatching'})
+    with pytest.raises(ConfigError, match=r"model.fake_update_ratio.x: .* the config has 5"):
+        load_config(STAGE1, {'model.fake_update_ratio.x': 1})
+    cfg = load_config(STAGE1, {'model.matching': dict(type='FinalStepMatching'),
+                               'model.matching.teacher_guidance': 2.0})  # a dict: fine
+    assert cfg.model.matching.teacher_guidance == 2.0
+
+
 def test_a_leaf_outside_configs_inherits_the_main_job(tmp_path: Path) -> None:
     """Stage config paths resolve against the file that declares them, not the leaf."""
     leaf = tmp_path / 'my_experiment.py'

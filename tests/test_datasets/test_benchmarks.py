@@ -16,7 +16,7 @@ from rtdmd.datasets.text_prompts import (
 # Non-empty lines, as the loader reads them. DrawBench and OCR have no final newline, so `wc -l`
 # says 999 and 1017.
 EXPECTED = {'drawbench': 1000, 'geneval': 2212, 'geneval2': 800, 'hpsv3': 1024, 'ocr': 1018,
-            'pickscore_test': 2048}
+            'pickscore_test': 2048, 'shapes': 96}
 
 
 def test_every_benchmark_is_shipped_and_loads_with_its_count() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import zlib
 
@@ -51,6 +52,16 @@ def test_bootstrap_ci_is_seeded_and_handles_edge_cases() -> None:
     assert all(np.isnan(bootstrap_ci([])))
     low, high = bootstrap_ci(torch.tensor(x))
     assert low < x.mean() < high
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_resampled_means() -> None:
+    """scipy's percentile bootstrap equals resampling by hand from the same seeded generator
+    (N indices with replacement per resample, quantiles of the resample means)."""
+    for n in (7, 300):
+        x = np.random.default_rng(n).normal(size=n)
+        idx = np.random.default_rng(5).integers(0, n, size=(1000, n))
+        expected = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
+        np.testing.assert_allclose(bootstrap_ci(x, seed=5), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_summarize_drops_nan_inf_and_sentinel() -> None:
@@ -102,14 +113,20 @@ def reference(scorers, tmp_path_factory) -> tuple:
 
 
 def _run(gen, scorers, out, **kw):
-    kw = dict(dict(seeds=(1, 2), batch_size=4, settings=SETTINGS, log=lambda m: None), **kw)
+    kw = dict(dict(seeds=(1, 2), batch_size=4, settings=SETTINGS, progress_file=io.StringIO()),
+              **kw)
     return run_benchmark(gen, scorers, PROMPTS, out, **kw)
 
 
+def _bar_counts(progress: io.StringIO) -> list[str]:
+    """The ``done/total`` of every state tqdm drew, in order."""
+    return re.findall(r'(\d+/\d+) \[', progress.getvalue())
+
+
 def test_run_benchmark_writes_everything(scorers, tmp_path) -> None:
-    lines: list[str] = []
+    progress = io.StringIO()
     gen = CountingGenerator()
-    metrics = _run(gen, scorers, tmp_path, log=lines.append)
+    metrics = _run(gen, scorers, tmp_path, progress_file=progress)
     assert gen.calls == 4 and gen.prompts_generated == 12  # 2 seeds x (4 + 2)
     for name in ('brightness', 'tabby'):
         assert set(metrics[name]) == {'mean', 'std', 'ci_low', 'ci_high', 'count'}
@@ -126,7 +143,8 @@ def test_run_benchmark_writes_everything(scorers, tmp_path) -> None:
         sorted((i, s) for i in range(6) for s in (1, 2))
     assert set(records[1]['scores']) == {'brightness', 'tabby'}
     assert (tmp_path / 'grid.png').exists() and len(list((tmp_path / 'samples').iterdir())) == 12
-    assert lines[-1].startswith('[benchmark] 12/12') and 'ETA' in lines[0]
+    counts = _bar_counts(progress)  # tqdm redraws at most every 0.1 s: the ends are certain
+    assert counts[0] == '0/12' and counts[-1] == '12/12'
     # the brightness of the saved sample matches the recorded score (up to 8-bit quantisation)
     from PIL import Image
     from torchvision.transforms.functional import to_tensor
@@ -144,11 +162,11 @@ def test_interrupted_run_resumes_and_matches(scorers, reference, tmp_path) -> No
     assert len((out / 'scores.jsonl').read_text().splitlines()) == 1 + 6
     assert (out / 'grid.png').exists() and not (out / 'metrics.json').exists()
 
-    gen, lines = CountingGenerator(), []
-    resumed = _run(gen, scorers, out, log=lines.append)
+    gen, progress = CountingGenerator(), io.StringIO()
+    resumed = _run(gen, scorers, out, progress_file=progress)
     assert gen.calls == 2 and gen.prompts_generated == 6  # only the missing samples
-    assert [line.split(' samples')[0] for line in lines] == ['[benchmark] 10/12',
-                                                             '[benchmark] 12/12']
+    counts = _bar_counts(progress)
+    assert counts[0] == '6/12' and counts[-1] == '12/12'  # the resumed samples are counted
     assert resumed == reference
 
     gen = CountingGenerator()
@@ -194,10 +212,10 @@ def test_compare_methods_table_and_csv(tmp_path) -> None:
     path_b = tmp_path / 'b.json'
     path_b.write_text(json.dumps(b))
     md, table_csv = compare_methods({'rtdmd': a, 'teacher-28': path_b}, tmp_path / 'cmp')
-    lines = md.splitlines()
-    assert lines[0] == '| method | clip | pick |'
-    assert lines[2] == '| rtdmd | 0.3000 ± 0.0200 | 21.0000 ± 0.5000 |'
-    assert lines[3] == '| teacher-28 | 0.3100 ± 0.0100 | - |'
+    lines = [[cell.strip() for cell in line.strip('|').split('|')] for line in md.splitlines()]
+    assert lines[0] == ['method', 'clip', 'pick']
+    assert lines[2] == ['rtdmd', '0.3000 ± 0.0200', '21.0000 ± 0.5000']
+    assert lines[3] == ['teacher-28', '0.3100 ± 0.0100', '-']
     rows = list(csv.DictReader(io.StringIO(table_csv)))
     assert [r['method'] for r in rows] == ['rtdmd', 'teacher-28']
     assert float(rows[0]['pick_mean']) == 21.0 and rows[1]['pick_mean'] == ''

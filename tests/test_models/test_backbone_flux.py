@@ -171,7 +171,7 @@ def test_missing_weights_name_the_path_and_how_to_get_them(flux_root: Path,
         _build(tmp_path, pretrained='FLUX.1-dev')
     message = str(err.value)
     assert str(tmp_path / 'FLUX.1-dev') in message
-    assert 'black-forest-labs/FLUX.1-dev' in message and 'huggingface-cli download' in message
+    assert 'black-forest-labs/FLUX.1-dev' in message and 'hf download' in message
     assert 'RTDMD_WEIGHTS' in message
     broken = tmp_path / 'broken'
     shutil.copytree(flux_root / 'FLUX.1-dev', broken / 'FLUX.1-dev')

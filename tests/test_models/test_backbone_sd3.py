@@ -200,7 +200,7 @@ def test_missing_directory_names_the_path_and_the_download(tmp_path: Path) -> No
                           weights_root=str(tmp_path), repo_id=REPOS['sd35']))
     message = str(err.value)
     assert str(tmp_path / 'stable-diffusion-3.5-medium') in message
-    assert 'huggingface-cli download stabilityai/stable-diffusion-3.5-medium' in message
+    assert 'hf download stabilityai/stable-diffusion-3.5-medium' in message
 
 
 def test_missing_transformer_weights_name_the_folder(sd3_root: Path, tmp_path: Path) -> None:

@@ -88,18 +88,21 @@ def test_toy_epoch_does_not_depend_on_the_micro_batches(tiny_backbone_cfg: dict,
         _assert_same(_delta(model, data, rollout=size, fake_score=size, generator=size), whole)
 
 
-def _image_model(family: str, root: Path):
+def image_backbone_cfg(family: str, root: Path) -> dict:
+    """A tiny SD3 or FLUX.2 backbone's config; writes its snapshots under ``root`` once."""
     from rtdmd.testing.flux2 import tiny_backbone_cfg as flux2_cfg
     from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
 
-    if family == 'sd3':
-        build_sd3_dir(str(root))
-        backbone = dict(type='SD3Backbone', pretrained='stable-diffusion-3-medium-diffusers',
-                        weights_root=str(root), resolution=TINY_RESOLUTION,
-                        max_sequence_length=16, dtype='float32', gradient_checkpointing=False,
-                        lora=dict(rank=4, alpha=8))
-    else:
-        backbone = flux2_cfg(str(root))
+    if family != 'sd3':
+        return flux2_cfg(str(root))
+    build_sd3_dir(str(root))
+    return dict(type='SD3Backbone', pretrained='stable-diffusion-3-medium-diffusers',
+                weights_root=str(root), resolution=TINY_RESOLUTION, max_sequence_length=16,
+                dtype='float32', gradient_checkpointing=False, lora=dict(rank=4, alpha=8))
+
+
+def _image_model(family: str, root: Path):
+    backbone = image_backbone_cfg(family, root)
     model = MODELS.build(dict(
         type='RTDMDDistiller', backbone=backbone, sampler=dict(type='CPSSampler', eta=0.9),
         rewards=dict(bright=dict(scorer=dict(type='ImageBrightnessReward'))), group_size=2,

@@ -131,7 +131,8 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     ema = train_like_checkpoint(cfg, ckpt)
     out = root / 'exported'
     # tools/export.py's main, in this process (a subprocess would add ~10 s of imports).
-    _export_tool().main([str(config), '--checkpoint', str(ckpt), '--out', str(out)])
+    _export_tool().main([str(config), '--checkpoint', str(ckpt), '--out', str(out), '--merged',
+                         '--copy-unchanged', '--scheduler', 'cps'])
     return dict(name=request.param, family=family, cfg=cfg, ckpt=ckpt, ema=ema, out=out,
                 generator_base=generator_base)
 
@@ -147,7 +148,7 @@ def test_folder_names_the_cps_scheduler_and_records_the_schedule(exported: dict)
                                            model.backbone.latent_shape())
     assert record['sigmas'] == [float(s) for s in sigmas[:-1]]
     assert record['eta'] == 0.9 and record['step_list'] == [1000, 750, 500, 250]
-    assert record['ema'] is True and record['checkpoint'] == str(exported['ckpt'])
+    assert record['ema'] is True and record['checkpoint'] == exported['ckpt'].name
     assert record['call_kwargs']['guidance_scale'] == 1.0
     scheduler = json.loads((out / 'scheduler' / 'scheduler_config.json').read_text())
     assert scheduler['sigmas'] == record['sigmas'] and scheduler['eta'] == 0.9
@@ -209,10 +210,10 @@ def test_exported_pipeline_samples_like_rtdmds_sampler(exported: dict) -> None:
 
     family, out = exported['family'], exported['out']
     record = json.loads((out / EXPORT_RECORD).read_text())
-    pipe = DiffusionPipeline.from_pretrained(str(out))  # the real loader
+    pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)  # the real loader
     pipe.set_progress_bar_config(disable=True)
-    assert isinstance(pipe.scheduler, CPSScheduler) and type(pipe).__name__ == record[
-        'pipeline_class']
+    assert isinstance(pipe.scheduler, CPSScheduler)
+    assert type(pipe).__mro__[1].__name__ == record['pipeline_class']  # pipeline.py's subclass
     kwargs = dict(record['call_kwargs'])
     model, ema_applied = load_trained_model(exported['cfg'], str(exported['ckpt']))
     assert ema_applied
@@ -300,6 +301,37 @@ def _assert_both_loras_merged(out: Path, base_dir: str, state: dict[str, Tensor]
     assert json.loads((out / EXPORT_RECORD).read_text())['ema'] is False  # none saved
 
 
+def _assert_lora_file_holds_both(out: Path, base_dir: str, state: dict[str, Tensor]) -> None:
+    """diffusers' own LoRA loader on the base transformer, fused, equals base + both LoRAs."""
+    import diffusers
+    from safetensors.torch import load_file
+
+    record = json.loads((out / EXPORT_RECORD).read_text())
+    cls = getattr(diffusers, record['pipeline_class'])
+    transformer = getattr(diffusers, record['transformer_class']).from_pretrained(
+        base_dir, subfolder='transformer')
+    lora = load_file(str(out / 'pytorch_lora_weights.safetensors'))
+    assert all(k.startswith('transformer.') for k in lora)
+    # stage 1 and stage 2 concatenated along the rank: A is (2r, in), B is (out, 2r)
+    assert {v.shape[0] for k, v in lora.items() if '.lora_A.' in k} == {2 * RANK}
+    state_dict, metadata = cls.lora_state_dict(str(out), return_lora_metadata=True)
+    assert metadata['transformer.r'] == 2 * RANK and metadata['transformer.lora_alpha'] == 2 * ALPHA
+    transformer.load_lora_adapter(state_dict, prefix='transformer', metadata=metadata)
+    transformer.fuse_lora(lora_scale=1.0)
+    transformer.unload_lora()
+    merged = {k: v for k, v in transformer.state_dict().items()}
+    base = load_file(str(Path(base_dir) / 'transformer' / 'diffusion_pytorch_model.safetensors'))
+    name = next(k for k in state if k.startswith('backbone.generator.')
+                and '.lora_A.stage1.' in k)
+    module = name[len('backbone.generator.'):].split('.lora_A.')[0]
+    expected = base[f'{module}.weight'].clone()
+    for adapter in ('stage1', 'default'):
+        a = state[name.replace('stage1', adapter)]
+        b = state[name.replace('stage1', adapter).replace('lora_A', 'lora_B')]
+        expected += (ALPHA / RANK) * b @ a
+    torch.testing.assert_close(merged[f'{module}.weight'], expected, rtol=0, atol=1e-5)
+
+
 def test_stage2_checkpoint_merges_both_loras_without_the_stage1_file(exported: dict,
                                                                      tmp_path: Path) -> None:
     """Stage 2 stacks stage 1's LoRA (frozen) under a fresh one; both are merged. The stage-1
@@ -307,8 +339,11 @@ def test_stage2_checkpoint_merges_both_loras_without_the_stage1_file(exported: d
     from rtdmd.apis.export import export_pipeline
 
     state = _stage2_checkpoint(exported['cfg'], tmp_path / 'stage2.pth')
-    export_pipeline(exported['cfg'], str(tmp_path / 'stage2.pth'), str(tmp_path / 'out'))
+    export_pipeline(exported['cfg'], str(tmp_path / 'stage2.pth'), str(tmp_path / 'out'),
+                    form='merged')
     _assert_both_loras_merged(tmp_path / 'out', exported['generator_base'], state)
+    export_pipeline(exported['cfg'], str(tmp_path / 'stage2.pth'), str(tmp_path / 'lora'))
+    _assert_lora_file_holds_both(tmp_path / 'lora', exported['generator_base'], state)
 
 
 def test_rtdmd_leaf_config_with_stages_exports_its_last_stage(tmp_path: Path) -> None:
@@ -329,7 +364,8 @@ def test_rtdmd_leaf_config_with_stages_exports_its_last_stage(tmp_path: Path) ->
     state = _stage2_checkpoint(stage_cfg, tmp_path / 'iter_1.pth')
     tool = _export_tool()
     args = [str(config), '--checkpoint', str(tmp_path / 'iter_1.pth'), '--out',
-            str(tmp_path / 'out'), '--cfg-options', *(f'{k}={v}' for k, v in options.items())]
+            str(tmp_path / 'out'), '--merged',
+            '--cfg-options', *(f'{k}={v}' for k, v in options.items())]
     with pytest.raises(SystemExit, match="no stage 'nope'"):
         tool.main(args + ['--stage', 'nope'])
     tool.main(args)

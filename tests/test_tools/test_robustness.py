@@ -42,7 +42,7 @@ def test_one_world_trains_evaluates_resumes_and_refuses_other_settings(tmp_path:
     # the leaf reproduces the world on its own: the world reaches the stage with its own file
     leaf = load_config(str(world / 'config.py'))
     assert leaf.stages[0]['cfg_options']['world'] == leaf.world.to_dict()
-    assert leaf.reward.type == 'ModeReward' and leaf.model.reward_bp_loss is None
+    assert leaf.reward.type == 'ModeReward' and leaf.model.terms.bp is None
     assert leaf.reward.means == leaf.world.means  # '${world.means}' resolved
 
     stamp = (world / 'rtdmd' / 'iter_8.pth').stat().st_mtime_ns
@@ -52,7 +52,7 @@ def test_one_world_trains_evaluates_resumes_and_refuses_other_settings(tmp_path:
 
     (world / 'result.json').unlink()  # unfinished, and now asked with other settings
     with pytest.raises(RuntimeError, match='holds a run of other settings'):
-        tool.main(_argv(tmp_path, {**TINY, 'model.dmd_loss.loss_weight': 1.0}))
+        tool.main(_argv(tmp_path, {**TINY, 'model.matching.dmd_loss.loss_weight': 1.0}))
 
 
 def _row(**kw: float) -> dict[str, float]:

@@ -41,7 +41,7 @@ def test_train_without_weights_says_where_to_put_them(tmp_path: Path) -> None:
     assert 'Traceback' not in err, err[-3000:]
     where = tmp_path / 'no_weights' / 'FLUX.1-dev'
     assert f"error: the teacher / fake score weights are not at '{where}'" in err
-    assert 'huggingface-cli download black-forest-labs/FLUX.1-dev' in err
+    assert 'hf download black-forest-labs/FLUX.1-dev' in err
     assert 'RTDMD_WEIGHTS' in err and 'transformer/*.safetensors' in err
 
 

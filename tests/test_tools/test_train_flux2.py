@@ -90,7 +90,7 @@ def test_missing_weights_stop_before_torch_is_imported(tmp_path: Path) -> None:
     folder = str(tmp_path / 'empty' / 'FLUX.2-klein-base-4B')
     assert f"error: the teacher / fake score weights are not at '{folder}'" in err
     assert f'{folder}/transformer/config.json' in err
-    assert f'huggingface-cli download black-forest-labs/FLUX.2-klein-base-4B --local-dir ' \
+    assert f'hf download black-forest-labs/FLUX.2-klein-base-4B --local-dir ' \
            f'{folder}' in err and 'RTDMD_WEIGHTS' in err
     assert not (tmp_path / 'run').exists()
     # The issue asks for under a second: interpreter start, mmengine.config and reading the

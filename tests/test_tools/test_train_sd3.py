@@ -92,7 +92,7 @@ def test_missing_weights_fail_fast_saying_where_to_put_them(tmp_path: Path, conf
     assert result.returncode != 0
     folder = tmp_path / repo.split('/')[1]
     assert f'error: the teacher / fake score weights are not at {str(folder)!r}' in result.stderr
-    assert f'huggingface-cli download {repo} --local-dir {folder}' in result.stderr
+    assert f'hf download {repo} --local-dir {folder}' in result.stderr
     assert 'RTDMD_WEIGHTS' in result.stderr and 'Traceback' not in result.stderr
     assert time.perf_counter() - start < 60
 

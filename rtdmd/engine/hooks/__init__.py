@@ -1,6 +1,9 @@
 from .checkpoint import SafeCheckpointHook
 from .ema import TrainableEMAHook
+from .export_weights import ExportWeightsHook
 from .nonfinite import NonFiniteGuardHook
 from .rng_state import RNGStateHook
+from .visualization import SampleVisualizationHook
 
-__all__ = ['NonFiniteGuardHook', 'RNGStateHook', 'SafeCheckpointHook', 'TrainableEMAHook']
+__all__ = ['ExportWeightsHook', 'NonFiniteGuardHook', 'RNGStateHook', 'SafeCheckpointHook',
+           'SampleVisualizationHook', 'TrainableEMAHook']

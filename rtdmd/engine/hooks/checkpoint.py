@@ -26,6 +26,7 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 
+from rtdmd.engine.fsdp import gather_checkpoint_state, local_shards
 from rtdmd.registry import HOOKS
 from rtdmd.utils.atomic import (
     atomic_write_json,
@@ -73,6 +74,7 @@ class SafeCheckpointHook(CheckpointHook):
                          save_begin=save_begin, filename_tmpl=filename_tmpl)
         self.identity: dict = {}
         self._weights_sha256: str | None = None
+        self._full_state: dict | None = None
 
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
@@ -83,6 +85,8 @@ class SafeCheckpointHook(CheckpointHook):
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         """Refuse non-finite state; make the checkpoint loadable with ``weights_only=True``."""
+        if self._full_state is not None:  # a sharded run: the gathered full tensors
+            checkpoint.update(self._full_state)
         bad = non_finite_entries(checkpoint)
         if bad:
             raise TrainingStopped(
@@ -105,11 +109,14 @@ class SafeCheckpointHook(CheckpointHook):
                                            (keep + [step])[-self.max_keep_ckpts:])
         runner.message_hub.update_info('last_ckpt', final)
         tmp = temporary_name(final)
+        # FSDP: every rank joins the gather here; only rank 0 runs save_checkpoint.
+        self._full_state = gather_checkpoint_state(runner, self.save_optimizer)
         try:
-            runner.save_checkpoint(self.out_dir, osp.basename(tmp),
-                                   save_optimizer=self.save_optimizer,
-                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
-                                   by_epoch=self.by_epoch)
+            with local_shards():  # rank 0 alone: no gathers in there (done above)
+                runner.save_checkpoint(self.out_dir, osp.basename(tmp),
+                                       save_optimizer=self.save_optimizer,
+                                       save_param_scheduler=self.save_param_scheduler,
+                                       meta=meta, by_epoch=self.by_epoch)
             if is_main_process():
                 self._commit(runner, tmp, final, step)
         except OSError as err:
@@ -119,6 +126,8 @@ class SafeCheckpointHook(CheckpointHook):
                 f'could not write checkpoint {final}: {err}. The previous checkpoints are '
                 f'intact ({self.last_ckpt or "none yet"}); free the space or fix the folder, '
                 f'then continue with --resume') from err
+        finally:
+            self._full_state = None
         self.last_ckpt = final
         if self.max_keep_ckpts > 0:
             keep.append(step)

@@ -12,6 +12,7 @@ from torch import Tensor
 from rtdmd.engine.optim_wrappers import iteration_skipped
 from rtdmd.functional.ema import ema_update_, ema_warmup_decay
 from rtdmd.registry import HOOKS
+from rtdmd.utils.sharding import full_tensor, like_param
 
 
 @HOOKS.register_module()
@@ -118,7 +119,13 @@ class TrainableEMAHook(Hook):
         self.swap(runner)
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        # Under FSDP rank 0 alone writes, after full_checkpoint_state gathered (the
+        # checkpoint hook replaces this rank's shards by the full tensors).
         checkpoint['ema_state'] = {n: t.cpu() for n, t in self.ema.items()}
+
+    def full_checkpoint_state(self, runner: Any) -> dict:
+        """The EMA as full tensors (a sharded run gathers its shards; every rank calls it)."""
+        return {'ema_state': {n: full_tensor(t).cpu() for n, t in self.ema.items()}}
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         state = checkpoint.get('ema_state')
@@ -131,4 +138,5 @@ class TrainableEMAHook(Hook):
         missing = set(params) - set(state)
         if missing:
             raise KeyError(f'ema_state in the checkpoint lacks {sorted(missing)[:5]}')
-        self.ema = {n: state[n].to(p.device, p.dtype).clone() for n, p in params.items()}
+        # A full tensor per name (any rank count's); a sharded run keeps this rank's shard.
+        self.ema = {n: like_param(state[n].to(p.dtype), p).clone() for n, p in params.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,9 @@ class Backbone(nn.Module):
     teacher: nn.Module
     generator: nn.Module
     fake_score: nn.Module
+    #: The classes of a network's repeated blocks (transformer blocks): under FSDP each is its
+    #: own unit, gathered before and freed after its forward. Empty: the network is one unit.
+    shard_block_classes: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,6 +126,15 @@ class Backbone(nn.Module):
         """Wrap trainable roles for distributed training (the teacher is never wrapped)."""
         for role in roles:
             self._wrapped[role] = wrap(getattr(self, role))
+
+    def shard_units(self, role: str) -> list[nn.Module]:
+        """The modules of ``role``'s network that FSDP shards as units of their own, inner ones
+        first (every instance of :attr:`shard_block_classes`); the network's root holds the
+        rest."""
+        net = getattr(self, role)
+        if not self.shard_block_classes:
+            return []
+        return [m for m in net.modules() if isinstance(m, self.shard_block_classes)]
 
     def trainable_parameters(self, role: str) -> Iterator[nn.Parameter]:
         return (p for p in getattr(self, role).parameters() if p.requires_grad)

@@ -28,6 +28,10 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
+from diffusers.models.transformers.transformer_flux import (
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -57,9 +61,11 @@ class FluxBackbone(DiffusersBackbone):
         max_sequence_length: T5 tokens (512 in the release).
         repo_id: the Hub repository the snapshot comes from (named by the missing-weights
             error); ``None`` is FLUX.1-dev's.
+        vae_gradient_checkpointing, lora_compute: see :class:`DiffusersBackbone`.
     """
 
     transformer_class = FluxTransformer2DModel
+    shard_block_classes = (FluxTransformerBlock, FluxSingleTransformerBlock)
     pipeline_class = FluxPipeline
     pipeline_component_names = ('scheduler', 'vae', 'text_encoder', 'tokenizer',
                                 'text_encoder_2', 'tokenizer_2')
@@ -78,7 +84,8 @@ class FluxBackbone(DiffusersBackbone):
                  weights_root: str | None = None, lora: dict | None = None,
                  dtype: str = 'bfloat16', gradient_checkpointing: bool = True,
                  resolution: int = 512, max_sequence_length: int = 512,
-                 repo_id: str | None = None) -> None:
+                 repo_id: str | None = None, vae_gradient_checkpointing: bool = True,
+                 lora_compute: str = 'autocast') -> None:
         if resolution % 16:
             raise ValueError(f'FLUX needs a resolution divisible by 16 (8x VAE, 2x2 packing), '
                              f'got {resolution}')
@@ -87,7 +94,9 @@ class FluxBackbone(DiffusersBackbone):
                              f'{max_sequence_length}')
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                         resolution=resolution, repo_id=repo_id)
+                         resolution=resolution, repo_id=repo_id,
+                         vae_gradient_checkpointing=vae_gradient_checkpointing,
+                         lora_compute=lora_compute)
         self.max_sequence_length = max_sequence_length
 
     # ------------------------------------------------------------------------------ loading

@@ -33,6 +33,10 @@ from diffusers import (
     Flux2KleinPipeline,
     Flux2Transformer2DModel,
 )
+from diffusers.models.transformers.transformer_flux2 import (
+    Flux2SingleTransformerBlock,
+    Flux2TransformerBlock,
+)
 from torch import Tensor, nn
 from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
@@ -82,9 +86,11 @@ class Flux2KleinBackbone(DiffusersBackbone):
         text_encoder_out_layers: hidden-state indices stacked into the text features.
         repo_id, generator_repo_id: Hugging Face repos of the two snapshots (named in the error
             raised when a snapshot is missing).
+        vae_gradient_checkpointing, lora_compute: see :class:`DiffusersBackbone`.
     """
 
     transformer_class = Flux2Transformer2DModel
+    shard_block_classes = (Flux2TransformerBlock, Flux2SingleTransformerBlock)
     pipeline_class = Flux2KleinPipeline
     pipeline_component_names = ('scheduler', 'vae', 'text_encoder', 'tokenizer')
     default_repo_id = 'black-forest-labs/FLUX.2-klein-base-4B'
@@ -101,7 +107,9 @@ class Flux2KleinBackbone(DiffusersBackbone):
                  resolution: int = 512, max_sequence_length: int = 512,
                  text_encoder_out_layers: Sequence[int] = (9, 18, 27),
                  repo_id: str = 'black-forest-labs/FLUX.2-klein-base-4B',
-                 generator_repo_id: str = 'black-forest-labs/FLUX.2-klein-4B') -> None:
+                 generator_repo_id: str = 'black-forest-labs/FLUX.2-klein-4B',
+                 vae_gradient_checkpointing: bool = True, lora_compute: str = 'autocast'
+                 ) -> None:
         if resolution % 16:
             raise ValueError(f'FLUX.2 needs a resolution divisible by 16 (8x VAE, 2x2 patches), '
                              f'got {resolution}')
@@ -110,6 +118,8 @@ class Flux2KleinBackbone(DiffusersBackbone):
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
                          resolution=resolution, repo_id=repo_id,
+                         vae_gradient_checkpointing=vae_gradient_checkpointing,
+                         lora_compute=lora_compute,
                          generator_repo_id=generator_repo_id)
         self.max_sequence_length = max_sequence_length
         self.text_encoder_out_layers = tuple(text_encoder_out_layers)

@@ -63,7 +63,7 @@ def check_pretrained_dir(path: str, components: Mapping[str, Sequence[str]], rep
     raise MissingWeightsError(
         f'the {role} weights are not at {path!r} (missing:\n  {shown}\n).\n'
         f'Expected the diffusers-format snapshot of {repo_id}. Get it with\n'
-        f'  huggingface-cli download {repo_id} --local-dir {path}\n'
+        f'  hf download {repo_id} --local-dir {path}\n'
         f'and point rtdmd at the folder that holds it: export RTDMD_WEIGHTS=<that folder> '
         f'or --cfg-options weights_root=<that folder> (or give an absolute path in the config).')
 

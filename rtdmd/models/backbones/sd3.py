@@ -29,6 +29,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
+from diffusers.models.attention import JointTransformerBlock
 from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -60,9 +61,11 @@ class SD3Backbone(DiffusersBackbone):
         max_sequence_length: T5 tokens (the release uses 128).
         repo_id: the Hub repository the snapshot comes from (named by the missing-weights
             error); ``None`` is SD3-Medium's.
+        vae_gradient_checkpointing, lora_compute: see :class:`DiffusersBackbone`.
     """
 
     transformer_class: ClassVar[type] = SD3Transformer2DModel
+    shard_block_classes: ClassVar[tuple[type, ...]] = (JointTransformerBlock,)
     # Joint attention of every JointTransformerBlock. The ``attn.`` prefix keeps SD3.5's second
     # (image-only) attention ``attn2`` out, and the last block has no ``to_add_out``
     # (context_pre_only), so peft matches exactly the release's modules.
@@ -91,13 +94,16 @@ class SD3Backbone(DiffusersBackbone):
                  weights_root: str | None = None, lora: dict | None = None,
                  dtype: str = 'bfloat16', gradient_checkpointing: bool = True,
                  resolution: int = 1024, max_sequence_length: int = 128,
-                 repo_id: str | None = None) -> None:
+                 repo_id: str | None = None, vae_gradient_checkpointing: bool = True,
+                 lora_compute: str = 'autocast') -> None:
         if not 0 < max_sequence_length <= 512:
             raise ValueError(f'max_sequence_length must lie in [1, 512], got '
                              f'{max_sequence_length}')
         super().__init__(pretrained, generator_init=generator_init, weights_root=weights_root,
                          lora=lora, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-                         resolution=resolution, repo_id=repo_id)
+                         resolution=resolution, repo_id=repo_id,
+                         vae_gradient_checkpointing=vae_gradient_checkpointing,
+                         lora_compute=lora_compute)
         self.max_sequence_length = max_sequence_length
         multiple = self.vae_scale_factor * self.fake_score.config.patch_size
         if resolution % multiple:
