@@ -40,11 +40,17 @@ from rtdmd.models.backbones.gaussian_mixture import GaussianMixtureTeacher
 from rtdmd.registry import REWARDS
 from rtdmd.utils.config import load_config
 
-from .pipeline import check_pipeline, check_stage_plans, run_stage
 from .loading import load_trained_model
+from .pipeline import check_pipeline, check_stage_plans, run_stage
 from .stage_evaluation import EVALUATION_DEFAULTS
-from .stages import (StagePlan, latest_checkpoint, plan_stage, plan_stages, split_stage_options,
-                     stage_config)
+from .stages import (
+    StagePlan,
+    latest_checkpoint,
+    plan_stage,
+    plan_stages,
+    split_stage_options,
+    stage_config,
+)
 
 # Evaluation settings of the benchmark (the pipeline's N, projections and seed are kept):
 OFF_SUPPORT_QUANTILE = 0.01  # 1%: ~100 exact samples per class below it, a stable reference

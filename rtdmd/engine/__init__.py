@@ -1,6 +1,11 @@
 from .fsdp import DistillerFullyShard
-from .hooks import (ExportWeightsHook, NonFiniteGuardHook, RNGStateHook, SafeCheckpointHook,
-                    TrainableEMAHook)
+from .hooks import (
+                    ExportWeightsHook,
+                    NonFiniteGuardHook,
+                    RNGStateHook,
+                    SafeCheckpointHook,
+                    TrainableEMAHook,
+)
 from .optim import DistillerOptimWrapperConstructor
 from .optim_wrappers import NonFiniteGuardOptimWrapper
 from .wrappers import DistillerDataParallel

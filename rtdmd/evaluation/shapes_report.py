@@ -30,6 +30,7 @@ from rtdmd.rewards.shapes import ShapesGenEvalReward, ShapesSoftReward
 from .generators import sample_per_seed
 from .shapes_fidelity import ShapesFeatureNet, fidelity_distance, load_feature_net
 
+
 def _mean_se(values: Tensor) -> tuple[float, float]:
     values = values[~values.isnan()]
     n = values.numel()
