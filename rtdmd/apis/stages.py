@@ -22,8 +22,8 @@ from rtdmd.utils.train_options import apply_train_options
 
 PIPELINE_KEYS = ('stages', 'evaluation')
 # Command-line overrides of these keys reach every stage (one world, one reward, one backbone,
-# one teacher family).
-SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root', 'family')
+# one teacher family, one seed: `randomness.seed=N` reseeds the whole run).
+SHARED_KEYS = ('world', 'reward', 'backbone', 'weights_root', 'family', 'randomness')
 
 
 def stage_config(cfg: Config, stage: dict, cli_options: dict | None = None,

@@ -146,6 +146,19 @@ def test_a_leaf_outside_configs_inherits_the_main_job(tmp_path: Path) -> None:
     assert rtdmd.filename == str(leaf) and rtdmd.reward.direction == [1.0, 0.0]
 
 
+def test_a_plain_seed_option_reaches_every_stage(tmp_path: Path) -> None:
+    """`randomness.seed=N` reseeds stages with their own file (ac_dmd, dmd2) as well as the
+    pipeline's; an option of another key reaches only the pipeline's own-file stages."""
+    cfg = load_config(PIPELINE, {'randomness.seed': 7})
+    cfg.work_dir = str(tmp_path / 'work')
+    options = {'randomness.seed': 7, 'train_cfg.max_iters': 3}
+    ac_dmd = stage_config(cfg, dict(cfg.stages[0]), options)
+    rtdmd = stage_config(cfg, {'name': 'rtdmd'}, options)
+    assert ac_dmd.filename == STAGE1 and ac_dmd.randomness.seed == 7
+    assert rtdmd.randomness.seed == 7 and rtdmd.train_cfg.max_iters == 3
+    assert ac_dmd.train_cfg.max_iters != 3
+
+
 @pytest.mark.parametrize('content, message', [
     (b'a cat\nun caf\xe9\n', 'prompts.txt:2: not valid UTF-8'),
     (b'\n  \n', 'holds no prompt (empty file)'),
