@@ -24,6 +24,7 @@ TINY = {
 COMMON = ['family.vae_channels=[8,16]', 'family.num_attention_heads=2',
           '*:train_cfg.max_iters=2', '*:train_dataloader.batch_size=2',
           '*:default_hooks.checkpoint.interval=1', '*:default_hooks.logger.interval=1',
+          '*:default_hooks.visualization.interval=1',  # not a generator: the hook stands aside
           'flow:model.latent_stats_images=8']
 
 
@@ -45,6 +46,7 @@ def test_teacher_config_trains_both_stages_and_exports_a_loadable_teacher(
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert 'loss_rec' in log and 'loss_fm' in log
+    assert log.count('is not a generator (no generate() and backbone): no sample grids') == 2
     for stage in ('vae', 'flow'):
         assert list((work / stage).glob('*/vis_data/events.out.tfevents.*')), stage  # TensorBoard
         assert int(_load(work / stage / 'iter_2.pth')['state_dict']['iteration']) == 2

@@ -63,9 +63,16 @@ class SampleVisualizationHook(Hook):
         self.samples_per_prompt = samples_per_prompt
         self.seed = seed
         self.out_dir = out_dir
+        self.enabled = True  # before_train turns it off for a model that is not a generator
 
     def before_train(self, runner: Any) -> None:
-        if runner.max_iters - runner.iter < self.interval:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.enabled = callable(getattr(model, 'generate', None)) and hasattr(model, 'backbone')
+        if not self.enabled:  # e.g. a shapes teacher's VAE or flow-matching trainer
+            runner.logger.info(
+                f'SampleVisualizationHook: {type(model).__name__} is not a generator '
+                f'(no generate() and backbone): no sample grids')
+        elif runner.max_iters - runner.iter < self.interval:
             runner.logger.info(
                 f'SampleVisualizationHook: {runner.max_iters - runner.iter} iterations to run, '
                 f'fewer than its interval {self.interval}: no sample grids (set '
@@ -76,7 +83,7 @@ class SampleVisualizationHook(Hook):
         # The last iteration's grid shows a long run's final state; in a run shorter than one
         # interval (tests, smoke runs) sampling and drawing would cost more than the run.
         last = self.is_last_train_iter(runner) and runner.max_iters > self.interval
-        if self.every_n_train_iters(runner, self.interval) or last:
+        if self.enabled and (self.every_n_train_iters(runner, self.interval) or last):
             self.visualize(runner, runner.iter + 1)
 
     def visualize(self, runner: Any, step: int) -> np.ndarray | None:
