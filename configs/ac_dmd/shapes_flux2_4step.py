@@ -3,7 +3,7 @@
 # for klein-4B. Toy-scale rates (the release's 1e-6 is for LoRA on a 4B DiT), a fake-score ratio
 # of 3 (100 generator steps in 300 iterations); EMA 0.99 every step (the base).
 _base_ = [
-    '../_base_/default_runtime.py', '../_base_/models/shapes_flux2.py',
+    '../_base_/default_runtime.py', '../_base_/models/shapes.py',
     '../_base_/algorithms/ac_dmd.py', '../_base_/datasets/shapes_prompts.py',
     '../_base_/evaluation/shapes_benchmarks.py',
 ]

@@ -7,7 +7,7 @@
 # the soft colour-mass reward (differentiable: GRPO and back-propagation), weighted 1 each, as
 # the release puts GenEval next to its differentiable scorers.
 _base_ = [
-    '../_base_/default_runtime.py', '../_base_/models/shapes_flux2.py',
+    '../_base_/default_runtime.py', '../_base_/models/shapes.py',
     '../_base_/algorithms/rtdmd.py', '../_base_/datasets/shapes_prompts.py',
     '../_base_/evaluation/shapes_benchmarks.py',
 ]

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +168,10 @@ def format_options(options: dict) -> list[str]:
 
 
 def value_label(value: Any) -> str:
-    """A value as it appears in a point's directory name and in the results table."""
+    """A value as it appears in a point's directory name and in the results table; a config
+    reference (``'${backbones.sd3}'``) by its last key (``sd3``)."""
+    if isinstance(value, str) and (ref := re.fullmatch(r'\$\{[\w.]*?(\w+)\}', value)):
+        return ref.group(1)
     return format_value(value).replace('"', '').replace('/', '_')
 
 

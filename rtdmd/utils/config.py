@@ -53,7 +53,7 @@ __all__ = ['EXTRA_TOP_LEVEL_KEYS', 'ConfigError', 'load_config',
 #: read them from ``cfg``; an issue that adds such a key extends this set (and nothing else).
 EXTRA_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
     {'world', 'reward', 'backbone', 'stages', 'evaluation', 'weights_root', 'benchmark',
-     'train_rewards', 'stage_name', 'family'})
+     'train_rewards', 'stage_name', 'family', 'backbones'})
 
 # Top-level keys mmengine itself reads from ``cfg`` although they are not Runner arguments:
 # Config.fromfile imports ``custom_imports``; ``Runner.wrap_model`` reads the other three;

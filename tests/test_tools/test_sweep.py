@@ -143,6 +143,27 @@ def test_ablation_grid_reaches_both_stages_and_names_real_metrics(tmp_path: Path
     assert {m.split('.', 1)[1] for m in sweep.metrics} <= set(COLUMNS)
 
 
+def test_backbone_axis_swaps_the_whole_backbone_in_every_stage(tmp_path: Path) -> None:
+    """A backbone axis refers to a named preset (`'${backbones.sd3}'`): the point is named by the
+    preset, and both stages build that preset's backbone, with no key of the other left over."""
+    from rtdmd.apis.stages import split_stage_options, stage_config
+    from rtdmd.utils.config import load_config
+
+    sweep = load_sweep(str(REPO / 'configs' / 'ablations' / 'shapes_backbone_gamma.py'))
+    jobs = plan_jobs(sweep, str(tmp_path), sweep.cfg_options)
+    assert [j.point.name for j in jobs][::3] == ['backbone=flux2,gamma=0.0',
+                                                 'backbone=sd3,gamma=0.0']
+    for job, preset, backbone in ((jobs[0], 'flux2', 'Flux2KleinBackbone'),
+                                  (jobs[-1], 'sd3', 'SD3Backbone')):
+        cfg = load_config(sweep.config, split_stage_options(job.options)[0])
+        cfg.work_dir = job.work_dir
+        for stage in (dict(cfg.stages[0]), {'name': 'rtdmd'}):
+            sub = stage_config(cfg, stage, job.options)
+            assert sub.backbone == cfg.backbones[preset]
+            assert sub.backbone.type == backbone
+    assert 'text_encoder_out_layers' not in sub.backbone  # a FLUX.2 key, not an SD3 argument
+
+
 def test_single_stage_points_resume_then_test(tmp_path: Path) -> None:
     tool = load_module('sweep.py')
     sweep = load_sweep(write_sweep(tmp_path / 's.py'))
