@@ -3,15 +3,17 @@
     python tools/plan.py CONFIG [--gpu-memory GiB] [--nproc N] [--strategy ddp|fsdp] [--json]
                          [--json-out FILE]
                          [--only PHASE] [--batch B] [--micro-batch rollout=R fake_score=F
-                         generator=G] [--no-gradient-checkpointing] [--shard-text-encoders]
+                         generator=G] [--no-gradient-checkpointing]
+                         [--text-encoders replicate|shard|offload]
                          [--no-search] [--stage NAME ...] [--jobs J] [--cfg-options k=v ...]
 
 Real-size modules are built from the architectures shipped in the package (no weights, meta
 device, FakeTensors) and every phase of each stage runs under torch's memory tracker; the table
 shows per rank: resident weights, optimizer state, activations, the FSDP all-gather, the peak,
-whether it fits in --gpu-memory, and the largest micro-batch that does. Phases: text-encode,
-fake-update, generator-update (stage 1); text-encode, rollout, fake-update, policy-step,
-final-step (stage 2); transformer-fwd-bwd (--only: one frozen-weight forward + backward of the
+whether it fits in --gpu-memory, and the largest micro-batch that does; each stage's notes give
+the text encoders' placement and GiB. Phases: text-encode, fake-update, generator-update
+(stage 1); text-encode, rollout, fake-update, policy-step, final-step (stage 2);
+transformer-fwd-bwd (--only: one frozen-weight forward + backward of the
 transformer, the calibration against GPU measurements). See docs/scale.md.
 """
 
@@ -47,8 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--no-gradient-checkpointing', dest='gradient_checkpointing',
                         action='store_false', default=None,
                         help='plan without checkpointing (transformers and VAE decoder)')
-    parser.add_argument('--shard-text-encoders', action='store_true',
-                        help='FSDP shards the text encoders too')
+    parser.add_argument('--text-encoders', choices=['replicate', 'shard', 'offload'],
+                        help='FSDP\'s text-encoder placement (default: the config\'s '
+                             'model_wrapper_cfg.text_encoders, else replicate)')
     parser.add_argument('--no-search', dest='search', action='store_false',
                         help='skip the largest-micro-batch search (half the time)')
     parser.add_argument('--stage', nargs='+', dest='stages',
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = PlanOptions(gpu_memory=args.gpu_memory, nproc=args.nproc, strategy=args.strategy,
                        micro_batch=args.micro_batch, batch=args.batch,
                        gradient_checkpointing=args.gradient_checkpointing, only=args.only,
-                       shard_text_encoders=args.shard_text_encoders, search=args.search,
+                       text_encoders=args.text_encoders, search=args.search,
                        cfg_options=args.cfg_options, stages=args.stages)
     try:
         stages = plan(args.config, opts, jobs=args.jobs)

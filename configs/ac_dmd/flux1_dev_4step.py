@@ -13,6 +13,8 @@ train_dataloader = dict(batch_size=9)  # per GPU; the release runs 8 GPUs (FSDP 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=15000)
 default_hooks = dict(checkpoint=dict(interval=5000))
 # Sharded over all GPUs (FSDP2 per transformer block, frozen bases too; docs/distributed.md):
-# a 9-12 B generator and fake score do not fit each GPU whole, as DDP would hold them.
+# a 9-12 B generator and fake score do not fit each GPU whole, as DDP would hold them. The text
+# encoder(s) sharded too (one layer gathered at a time): 1/N of T5-XXL / Qwen3-8B per GPU.
 model_wrapper_cfg = dict(_delete_=True, type='rtdmd.DistillerFullyShard',
-                         reshard_after_forward=True, param_dtype=None, reduce_dtype='float32')
+                         reshard_after_forward=True, param_dtype=None, reduce_dtype='float32',
+                         text_encoders='shard')

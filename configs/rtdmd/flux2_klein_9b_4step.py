@@ -24,6 +24,8 @@ default_hooks = dict(checkpoint=dict(interval=50))
 stages = [dict(name='ac_dmd', config='../ac_dmd/flux2_klein_9b_4step.py'),
           dict(name='rtdmd', init_from='ac_dmd')]
 # Sharded over all GPUs (FSDP2 per transformer block, frozen bases too; docs/distributed.md):
-# a 9-12 B generator and fake score do not fit each GPU whole, as DDP would hold them.
+# a 9-12 B generator and fake score do not fit each GPU whole, as DDP would hold them. The text
+# encoder(s) sharded too (one layer gathered at a time): 1/N of T5-XXL / Qwen3-8B per GPU.
 model_wrapper_cfg = dict(_delete_=True, type='rtdmd.DistillerFullyShard',
-                         reshard_after_forward=True, param_dtype=None, reduce_dtype='float32')
+                         reshard_after_forward=True, param_dtype=None, reduce_dtype='float32',
+                         text_encoders='shard')

@@ -18,12 +18,13 @@ batch), or of the ``micro_batch`` option.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import multiprocessing
 import os.path as osp
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,7 +32,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from rtdmd.utils.config import load_config
 
-from .planning.accounting import Layout, PhaseBytes, Residents, phase_bytes, unsharded_bytes
+from .planning.accounting import (
+    Layout,
+    PhaseBytes,
+    Residents,
+    encoder_gather_bytes,
+    phase_bytes,
+    unsharded_bytes,
+)
 from .planning.meta import (
     architecture_source,
     meta_loading,
@@ -81,7 +89,8 @@ class PlanOptions:
         gradient_checkpointing: override ``backbone.gradient_checkpointing`` (it also switches
             the VAE decoder's checkpointing on the reward back-propagation path).
         only: plan this phase only (``transformer-fwd-bwd`` is the calibration phase).
-        shard_text_encoders: FSDP also shards the text encoders.
+        text_encoders: ``'replicate'``, ``'shard'`` or ``'offload'`` (FSDP only; default:
+            ``model_wrapper_cfg.text_encoders`` under FSDP, else ``'replicate'``).
         search: find the largest micro-batch that fits (one more measurement per phase).
         cfg_options: ``--cfg-options`` of the config.
         stages: plan only the stages of these names (e.g. ``['rtdmd']``).
@@ -94,7 +103,7 @@ class PlanOptions:
     batch: int | None = None
     gradient_checkpointing: bool | None = None
     only: str | None = None
-    shard_text_encoders: bool = False
+    text_encoders: str | None = None
     search: bool = True
     cfg_options: dict | None = None
     stages: list[str] | None = None
@@ -192,9 +201,13 @@ def strategy_of(cfg: object) -> tuple[str, bool]:
 
 def _layout(cfg: object, kind: str, opts: PlanOptions, base: str) -> Layout:
     strategy, reshard = strategy_of(cfg)
+    strategy = opts.strategy or strategy
     nproc = opts.nproc or (RELEASE_STAGE1_GPUS if kind == 'ac_dmd'
                            else RELEASE_STAGE2_GPUS.get(base, 1))
-    return Layout(opts.strategy or strategy, nproc, opts.shard_text_encoders, reshard)
+    # a config's placement belongs to its FSDP wrapper: switched to DDP, the key is dropped
+    configured = ((cfg.get('model_wrapper_cfg') or {}).get('text_encoders', 'replicate')
+                  if strategy == 'fsdp' else 'replicate')
+    return Layout(strategy, nproc, opts.text_encoders or configured, reshard)
 
 
 def _build(stage: StageConfig, opts: PlanOptions, tmp: str
@@ -257,9 +270,10 @@ def _term_classes(terms: dict | None) -> list[type]:
 
 
 def _residents(cfg: object, backbone: object, rewards: list) -> Residents:
-    frozen = backbone.frozen_modules()
-    vae = [m for m in frozen if m is getattr(backbone, 'vae', None)]
-    text = [m for m in frozen if m not in vae]
+    """What lives through the stage; ``text_gather`` is set by :class:`StagePlanner` once
+    prompts have been encoded (which of an encoder's roots runs)."""
+    text = backbone.text_encoders()
+    others = [m for m in backbone.frozen_modules() if not any(m is t for t in text)]
     trainable = {role: module_bytes(getattr(backbone, role), trainable=True)
                  for role in ('generator', 'fake_score')}
     ema_roles = {h.get('role', 'generator') for h in cfg.get('custom_hooks') or []
@@ -269,10 +283,36 @@ def _residents(cfg: object, backbone: object, rewards: list) -> Residents:
         transformer_gather=unsharded_bytes(backbone.generator),
         transformer_full=module_bytes(backbone.generator),
         text_encoders=module_bytes(*text) if text else 0,
-        text_gather=max((unsharded_bytes(m) for m in text), default=0),
-        other_frozen=module_bytes(*vae, *(m for r in rewards for m in r.modules))
-        if vae or rewards else 0,
+        text_gather=0,
+        other_frozen=module_bytes(*others, *(m for r in rewards for m in r.modules))
+        if others or rewards else 0,
         trainable=trainable, ema=sum(trainable[r] for r in ema_roles if r in trainable))
+
+
+@contextlib.contextmanager
+def _forwards_run(modules: Sequence[object]) -> Iterator[set[int]]:
+    """Inside, the ids of those of ``modules`` whose own forward is called (an encoder whose
+    caller runs only its base model is not)."""
+    ran: set[int] = set()
+    handles = [m.register_forward_pre_hook(lambda mod, args: ran.add(id(mod)))
+               for m in modules]
+    try:
+        yield ran
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _text_note(layout: Layout, res: Residents) -> str:
+    """The text encoders' placement and their per-rank GiB, for the stage's notes."""
+    on_gpu = res.text_encoders * layout.text_share
+    line = (f'text encoders {layout.text_encoders}: {res.text_encoders / GIB:.1f} GiB whole, '
+            f'{on_gpu / GIB:.1f} GiB per rank on the GPU')
+    if layout.text_encoders == 'offload':
+        line += f' ({res.text_encoders * layout.shard / GIB:.1f} GiB in CPU memory per rank)'
+    if layout.text_encoders != 'replicate':
+        line += f', {res.text_gather / GIB:.1f} GiB gathered while encoding (root, two layers)'
+    return line
 
 
 def fresh_rows(cond: dict, batch: int) -> dict:
@@ -331,8 +371,13 @@ class StagePlanner:
         self.modules = [w.backbone, *(m for r in w.rewards for m in r.modules)]
         holder: dict = {}
         self.texts = prompts(self.local_batch, group)
-        self.text = measure(lambda: encode(w, self.texts, holder), self.mode,
-                            self.modules).transient
+        encoders = w.backbone.text_encoders()
+        with _forwards_run(encoders) as ran:
+            self.text = measure(lambda: encode(w, self.texts, holder), self.mode,
+                                self.modules).transient
+        self.residents.text_gather = max(
+            (encoder_gather_bytes(m, whole=id(m) in ran) for m in encoders), default=0)
+        self.notes.append(_text_note(self.layout, self.residents))
         self.cond = holder.pop('cond')
         self.epoch: list = []
         if kind == 'rtdmd':

@@ -13,6 +13,12 @@ with adapters disabled) runs through the same sharded module. FSDP1 (what mmengi
 ``FSDPStrategy`` wraps) cannot hold fp32 LoRA weights on a bf16 base in one flat parameter; FSDP2
 keeps each parameter's own dtype.
 
+Text encoders (frozen, never in a checkpoint) are placed by ``text_encoders``: ``'replicate'``
+(every rank holds a whole copy), ``'shard'`` (FSDP2 over all ranks, one unit per layer: a rank
+holds 1/N and gathers one layer, and the prefetched next, while the encoder runs) or
+``'offload'`` (the same sharding with FSDP2's ``CPUOffloadPolicy``: the shards live in CPU memory
+and each layer is copied to the GPU and gathered for its forward). See :func:`shard_frozen`.
+
 Checkpoints hold full tensors, exactly what a DDP or single-process run writes: before a save,
 every rank joins :func:`gather_checkpoint_state` (``get_model_state_dict`` /
 ``get_optimizer_state_dict`` with ``full_state_dict=True, cpu_offload=True``) and rank 0 writes
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -36,19 +42,25 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
 from torch.distributed.tensor import DTensor
 
 from rtdmd.registry import MODEL_WRAPPERS
-from rtdmd.utils.sharding import is_sharded, shard_like_params
+from rtdmd.utils.sharding import is_sharded, no_split_units, shard_like_params
 
 from .wrappers import DistillerWrapper
 
-__all__ = ['DistillerFullyShard', 'full_optimizer_state', 'gather_checkpoint_state',
-           'load_full_optimizer_state', 'local_shards']
+__all__ = ['TEXT_ENCODER_PLACEMENTS', 'DistillerFullyShard', 'full_optimizer_state',
+           'gather_checkpoint_state', 'load_full_optimizer_state', 'local_shards', 'shard_frozen']
 
 DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+TEXT_ENCODER_PLACEMENTS = ('replicate', 'shard', 'offload')
 
 
 def _dtype(name: str | None, key: str) -> torch.dtype | None:
@@ -77,6 +89,8 @@ class DistillerFullyShard(DistillerWrapper):
         reduce_dtype: dtype of the gradient reduce-scatter (fp32: LoRA gradients are averaged
             over ranks without rounding); ``None`` is the gradients' own.
         roles: the roles to shard.
+        text_encoders: ``'replicate'`` (default: a whole copy on every rank), ``'shard'`` or
+            ``'offload'`` (CPU memory, streamed per layer), see :func:`shard_frozen`.
         find_unused_parameters: DDP's option, accepted and unused (FSDP2 needs no such
             search), so a DDP config switches to FSDP by its wrapper's type alone:
             ``--cfg-options model_wrapper_cfg.type=rtdmd.DistillerFullyShard``.
@@ -85,14 +99,18 @@ class DistillerFullyShard(DistillerWrapper):
     def __init__(self, module: nn.Module, reshard_after_forward: bool = True,
                  param_dtype: str | None = None, reduce_dtype: str | None = 'float32',
                  roles: Sequence[str] = ('generator', 'fake_score'),
-                 find_unused_parameters: bool = False) -> None:
+                 find_unused_parameters: bool = False,
+                 text_encoders: Literal['replicate', 'shard', 'offload'] = 'replicate') -> None:
         super().__init__()
+        if text_encoders not in TEXT_ENCODER_PLACEMENTS:
+            raise ValueError(f'model_wrapper_cfg.text_encoders must be one of '
+                             f'{list(TEXT_ENCODER_PLACEMENTS)}, got {text_encoders!r}')
+        policy = MixedPrecisionPolicy(param_dtype=_dtype(param_dtype, 'param_dtype'),
+                                      reduce_dtype=_dtype(reduce_dtype, 'reduce_dtype'))
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError('DistillerFullyShard needs torch.distributed: launch with '
                                'tools/dist_train.sh (or --launcher pytorch / slurm)')
         self.module = module
-        policy = MixedPrecisionPolicy(param_dtype=_dtype(param_dtype, 'param_dtype'),
-                                      reduce_dtype=_dtype(reduce_dtype, 'reduce_dtype'))
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
         self.mesh = init_device_mesh(device, (dist.get_world_size(),))
         backbone = module.backbone
@@ -104,10 +122,64 @@ class DistillerFullyShard(DistillerWrapper):
             fully_shard(net, mesh=self.mesh, mp_policy=policy,
                         reshard_after_forward=reshard_after_forward)
             net.register_load_state_dict_pre_hook(_shard_incoming)
+        if text_encoders != 'replicate':
+            for encoder in backbone.text_encoders():
+                shard_frozen(encoder, self.mesh, offload=text_encoders == 'offload')
         # state_dict() gives full tensors on every rank, as under DDP: mmengine broadcasts
         # the state dict after init_weights, and every reader sees the same layout.
         module._register_state_dict_hook(_gather_shards)
 
+
+
+def shard_frozen(encoder: nn.Module, mesh: Any, offload: bool = False) -> None:
+    """Shard a frozen model (a text encoder) with FSDP2 in place, for forwards only.
+
+    Units, inner first: every layer the model names as not to be split (its
+    ``_no_split_modules``: ``T5Block``, ``CLIPEncoderLayer``, ``Qwen3DecoderLayer``), then its
+    base model (transformers' ``base_model``: a caller may run a causal LM's decoder stack
+    alone, without its vocabulary head; the first unit to run forward becomes FSDP's root), then
+    the model itself (what is left: a head, a projection). Every unit frees its gathered weights
+    after its forward (also the root's: no backward follows). A model without layer classes is
+    one unit. The weights keep their dtype (no mixed-precision cast), so a forward computes what
+    the replicated model computes.
+
+    Args:
+        encoder: the model; its parameters need no gradients.
+        mesh: the 1-D device mesh of all ranks.
+        offload: keep the shards in CPU memory (FSDP2's ``CPUOffloadPolicy``, pinned when CUDA is
+            present); each unit is copied to the device and gathered for its forward.
+    """
+    if any(p.requires_grad for p in encoder.parameters()):
+        raise ValueError(f'{type(encoder).__name__}: shard_frozen shards frozen models only '
+                         f'(some parameters require gradients)')
+    placement = (CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload
+                 else OffloadPolicy())
+    base = getattr(encoder, 'base_model', encoder)
+    units = [*no_split_units(encoder), *([base] if base is not encoder else []), encoder]
+    with _output_capture_kept(encoder):
+        for unit in units:
+            fully_shard(unit, mesh=mesh, reshard_after_forward=True, offload_policy=placement)
+
+
+@contextlib.contextmanager
+def _output_capture_kept(model: nn.Module) -> Iterator[None]:
+    """Keep a transformers model's ``output_hidden_states`` working across ``fully_shard``.
+
+    transformers (5.x) records hidden states through hooks it looks up in a registry keyed by
+    the model's class name; ``fully_shard`` gives every unit a new class (``FSDP<name>``), so
+    the lookup would find nothing and ``hidden_states`` would come back ``None`` (SD3's CLIP
+    features are ``hidden_states[-2]``). The entries are registered again under the new classes.
+    """
+    try:
+        from transformers import PreTrainedModel
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY as registry
+    except ImportError:  # an older transformers: no such registry, nothing to keep
+        yield
+        return
+    entries = [(m, registry.get(m)) for m in model.modules() if isinstance(m, PreTrainedModel)]
+    yield
+    for module, entry in entries:
+        registry[module] = entry
 
 
 _LOCAL_DEPTH = [0]

@@ -1,8 +1,9 @@
 """Value checks of :func:`rtdmd.utils.config.validate_config`: types and nested dict keys.
 
 For a dict with a resolved ``type``: every value must have the kind its parameter is annotated
-with (or, unannotated, the kind of its default: a number, a bool), NaN is refused, and untyped
-dict arguments whose keys the constructor checks only once built hold known keys.
+with (or, unannotated, the kind of its default: a number, a bool) and be one of the values of a
+``Literal`` annotation, NaN is refused, and untyped dict arguments whose keys the constructor
+checks only once built hold known keys.
 """
 
 from __future__ import annotations
@@ -90,13 +91,28 @@ def _expected_kinds(obj: Any) -> dict[str, set[str]]:
     return expected
 
 
+def _literal_choices(obj: Any) -> dict[str, tuple]:
+    """Parameter -> its allowed values, for parameters annotated with a plain ``Literal``."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001  (unresolvable annotations: nothing to check)
+        return {}
+    return {name: typing.get_args(ann) for name, ann in hints.items()
+            if typing.get_origin(ann) is typing.Literal}
+
+
 def value_type_errors(node: dict, obj: Any, path: str) -> list[str]:
     errors = []
     expected = _expected_kinds(obj)
+    choices = _literal_choices(obj)
     for key, value in dict.items(node):
         if isinstance(value, float) and math.isnan(value):
             errors.append(f'{path}.{key}: nan is not a usable value (a NaN would make every '
                           f'step non-finite)')
+            continue
+        if key in choices and value not in choices[key]:
+            errors.append(f'{path}.{key}: must be one of {list(choices[key])}, got {value!r}')
             continue
         kinds = expected.get(key)
         kind = _value_kind(value)

@@ -12,12 +12,21 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-__all__ = ['full_tensor', 'is_sharded', 'like_param', 'shard_like_params']
+__all__ = ['full_tensor', 'is_sharded', 'like_param', 'no_split_units', 'shard_like_params']
 
 
 def is_sharded(module: nn.Module) -> bool:
     """Whether any parameter of ``module`` is a DTensor (the module went through FSDP2)."""
     return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def no_split_units(module: nn.Module) -> list[nn.Module]:
+    """The submodules whose class ``module`` lists as not to be split (``_no_split_modules``
+    of a transformers or diffusers model: its layer / block classes), inner ones first, so
+    they can be sharded one unit each before their parents."""
+    names = set(getattr(module, '_no_split_modules', None) or ())
+    return [m for m in reversed(list(module.modules())) if m is not module
+            and type(m).__name__ in names]
 
 
 def full_tensor(value: Tensor) -> Tensor:

@@ -29,7 +29,13 @@ from rtdmd.apis.plan import (
     plan,
     strategy_of,
 )
-from rtdmd.apis.planning.accounting import Layout, Residents, phase_bytes, unsharded_bytes
+from rtdmd.apis.planning.accounting import (
+    Layout,
+    Residents,
+    encoder_gather_bytes,
+    phase_bytes,
+    unsharded_bytes,
+)
 from rtdmd.apis.planning.meta import (
     architecture_dir,
     meta_loading,
@@ -183,8 +189,12 @@ def test_phase_bytes_divide_what_fsdp_shards() -> None:
     assert fsdp.optimizer == (2 * 24 + 16) / 4
     assert (fsdp.gather, fsdp.activations) == (90, 1000)
     assert fsdp.peak == fsdp.weights + fsdp.optimizer + 1000 + 90
-    sharded_text = phase_bytes(res, Layout('fsdp', 4, True), 10, None, False, True)
+    sharded_text = phase_bytes(res, Layout('fsdp', 4, 'shard'), 10, None, False, True)
     assert (sharded_text.weights, sharded_text.gather) == (50 + 100 + 204, 60)
+    offloaded = phase_bytes(res, Layout('fsdp', 4, 'offload'), 10, None, False, True)
+    assert (offloaded.weights, offloaded.gather) == (50 + 0 + 204, 60)  # shards on the CPU
+    later = phase_bytes(res, Layout('fsdp', 4, 'offload'), 10, 'generator', True, False)
+    assert (later.weights, later.gather) == (50 + 204, 90)  # no encoder runs: nothing gathered
     ddp = phase_bytes(res, Layout('ddp', 8), 1000, 'fake_score', True, False)
     assert (ddp.weights, ddp.optimizer, ddp.gather) == (1266, 48 + 8 + 8, 0)
     assert phase_bytes(res, Layout('ddp', 1), 0, 'fake_score', True, False).optimizer == 56
@@ -193,6 +203,33 @@ def test_phase_bytes_divide_what_fsdp_shards() -> None:
     assert kept.gather == 400 and kept.weights == fsdp.weights  # every block stays gathered
     with pytest.raises(ValueError, match='strategy'):
         Layout('zero3', 2)
+    with pytest.raises(ValueError, match=r"text_encoders must be one of \['replicate', 'shard', "):
+        Layout('fsdp', 2, 'cpu')
+    with pytest.raises(ValueError, match="text_encoders='shard' needs the FSDP wrapper"):
+        Layout('ddp', 2, 'shard')
+
+
+class _CausalLM(nn.Module):
+    """A decoder stack (``base_model``) of two layers and a head outside it, like a causal LM."""
+
+    _no_split_modules = ['Linear']
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Module()
+        self.model.embed = nn.Embedding(100, 8)  # 800 elements, not a unit
+        self.model.layers = nn.ModuleList(nn.Linear(8, 8, bias=False) for _ in range(3))
+        self.head = nn.Embedding(50, 8)  # 400 elements, outside the base model
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.model
+
+
+def test_an_encoder_gathers_the_root_that_runs_and_two_layers() -> None:
+    lm = _CausalLM()
+    assert encoder_gather_bytes(lm, whole=True) == (800 + 400 + 2 * 64) * 4
+    assert encoder_gather_bytes(lm, whole=False) == (800 + 2 * 64) * 4  # the head never runs
 
 
 @pytest.mark.parametrize('keys, expected', [
@@ -352,3 +389,51 @@ def test_the_table_names_every_phase(tmp_path: Path, capsys) -> None:
     assert '| phase' in out and '| rollout' in out and 'rtdmd (rtdmd): ddp over 16' in out
     assert 'ac_dmd' not in out and out.count('| rollout') == 1
     assert 'ImageBrightnessReward' in out  # the notes name rewards the planner cannot build
+
+
+def _tiny_stage(root: Path, name: str = 'ac_dmd'):
+    from mmengine.config import DictAction
+
+    options = argparse.Namespace()
+    DictAction(['--cfg-options'], 'cfg_options')(None, options, _tiny_options(root)[1:])
+    (stage,) = [s for s in load_stages(FLUX2_4B, options.cfg_options) if s.name == name]
+    return stage
+
+
+def test_text_encoder_placements_of_a_plan(tmp_path: Path) -> None:
+    """Tiny FLUX.2's Qwen3 under FSDP over 4 ranks: replicated whole, sharded 1/4, offloaded
+    none on the GPU; sharded or offloaded it gathers the decoder's root and two layers (the
+    backbone runs the decoder stack alone, not the causal LM with its head)."""
+    stage = _tiny_stage(tmp_path)
+    rows, planners = {}, {}
+    for placement in ('replicate', 'shard', 'offload'):
+        planners[placement] = planner = StagePlanner(stage, PlanOptions(
+            strategy='fsdp', nproc=4, text_encoders=placement, only='text-encode'))
+        rows[placement] = planner.row('text-encode').bytes
+        assert f'text encoders {placement}:' in ' '.join(planner.notes)
+    backbone = planners['shard'].workload.backbone
+    (encoder,) = backbone.text_encoders()
+    whole = module_bytes(encoder)
+    res = planners['shard'].residents
+    assert res.text_encoders == whole
+    assert res.text_gather == encoder_gather_bytes(encoder, whole=False) > 0
+    rep, shard, off = rows['replicate'], rows['shard'], rows['offload']
+    assert rep.weights - shard.weights == pytest.approx(whole * 3 / 4, abs=1)
+    assert rep.weights - off.weights == whole
+    assert (rep.gather, shard.gather, off.gather) == (0, res.text_gather, res.text_gather)
+    assert rep.activations == shard.activations == off.activations
+
+
+def test_the_config_places_the_text_encoders_under_fsdp_only() -> None:
+    from mmengine.config import Config
+
+    from rtdmd.apis.plan import _layout
+
+    cfg = Config({'model_wrapper_cfg': {'type': 'rtdmd.DistillerFullyShard',
+                                        'text_encoders': 'shard'}})
+    assert _layout(cfg, 'ac_dmd', PlanOptions(), 'x').text_encoders == 'shard'
+    assert _layout(cfg, 'ac_dmd', PlanOptions(text_encoders='offload'),
+                   'x').text_encoders == 'offload'
+    # switched to DDP the wrapper's key is dropped (rtdmd.utils.config), so is its placement
+    assert _layout(cfg, 'ac_dmd', PlanOptions(strategy='ddp'), 'x').text_encoders == 'replicate'
+    assert _layout(Config({}), 'ac_dmd', PlanOptions(), 'x').text_encoders == 'replicate'

@@ -5,9 +5,9 @@ A full plan of a real-size config takes minutes of CPU (``tools/plan.py``), too 
 suite, so the plans are made by the benchmark commands of docs/scale.md and committed under
 docs/results/plan/. This test reads them and checks (a) every phase of both stages planned at
 <= 70 GiB per rank, with the layout the release trains on, and (b) each plan was made with the
-batch, the group size and the micro-batches the config holds now: a config that changes them
-fails here until it is planned again. The planner itself is tested against hand counts and the
-H200 calibration in tests/test_apis/test_plan.py.
+batch, the group size, the micro-batches and the text-encoder placement the config holds now:
+a config that changes them fails here until it is planned again. The planner itself is tested
+against hand counts and the H200 calibration in tests/test_apis/test_plan.py.
 """
 
 from __future__ import annotations
@@ -50,13 +50,17 @@ def test_every_phase_of_the_shipped_config_plans_within_70_gib(name: str) -> Non
 
 @pytest.mark.parametrize('name', list(SHIPPED))
 def test_the_committed_plan_is_of_the_config_as_it_is(name: str) -> None:
-    """Local batch and micro-batches of each planned phase equal the config's."""
+    """Local batch, micro-batches and text-encoder placement of each planned phase equal the
+    config's."""
     phases = json.loads((PLANS / f'{name}.json').read_text())['phases']
     stages = {st.name: st for st in load_stages(str(REPO / f'configs/rtdmd/{name}_4step.py'))}
     stage1, stage2 = stages['ac_dmd'].cfg, stages['rtdmd'].cfg
     local = stage2.train_dataloader.batch_size * stage2.model.group_size
     chunks = _chunks(stage2, PlanOptions(), local)
     for p in phases:
+        wrapper = stages[p['stage']].cfg.get('model_wrapper_cfg') or {}
+        # plans made before the placement was recorded are of replicated encoders
+        assert p.get('text_encoders', 'replicate') == wrapper.get('text_encoders', 'replicate')
         assert p['local_batch'] == (stage1.train_dataloader.batch_size
                                     if p['stage'] == 'ac_dmd' else local)
         if p['stage'] == 'rtdmd' and p['phase'] in CHUNKS:

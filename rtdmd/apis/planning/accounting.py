@@ -14,8 +14,11 @@ samples) on an unsharded model; the resident part is counted from the modules:
   LoRA, EMA, gradients and moments are divided by the number of ranks; while a transformer
   runs, a rank holds its unsharded root parameters and two blocks (the one computing and the
   one prefetched), or, with ``reshard_after_forward=False``, the whole unsharded transformer
-  (every block stays gathered from its forward to its backward); text encoders optionally
-  likewise;
+  (every block stays gathered from its forward to its backward); text encoders as placed by
+  the wrapper's ``text_encoders``: whole on every rank (``'replicate'``), 1/N per rank
+  (``'shard'``) or none on the GPU (``'offload'``: the shards are in CPU memory), plus, while
+  one encodes under either of the last two, the root that runs and its two largest layers
+  (:func:`encoder_gather_bytes`);
 - **DDP**: the gradient buckets, one more copy of the trainable gradients during backward.
 """
 
@@ -28,6 +31,7 @@ from torch import nn
 from .meta import fsdp_units, module_bytes
 
 STRATEGIES = ('ddp', 'fsdp')
+TEXT_ENCODERS = ('replicate', 'shard', 'offload')
 
 
 def unsharded_bytes(module: nn.Module) -> int:
@@ -39,6 +43,23 @@ def unsharded_bytes(module: nn.Module) -> int:
     sizes = sorted((module_bytes(u) for u in units), reverse=True)
     root = module_bytes(module) - sum(sizes)
     return root + sum(sizes[:2])
+
+
+def encoder_gather_bytes(encoder: nn.Module, whole: bool) -> int:
+    """Bytes a rank gathers while a sharded (or offloaded) text encoder runs: the root units
+    that run and the two largest layers (current and prefetched).
+
+    The wrapper's units are the layers, the base model and the model itself
+    (:func:`rtdmd.engine.fsdp.shard_frozen`); a caller that runs the base model alone
+    (``whole=False``: a causal LM's decoder stack) gathers the base model's own weights, not
+    the head's.
+    """
+    units = fsdp_units(encoder)
+    root = encoder if whole else getattr(encoder, 'base_model', encoder)
+    inside = {id(m) for m in root.modules()}
+    root_bytes = module_bytes(root) - sum(module_bytes(u) for u in units if id(u) in inside)
+    sizes = sorted((module_bytes(u) for u in units), reverse=True)
+    return root_bytes + sum(sizes[:2])
 
 
 @dataclass
@@ -57,11 +78,13 @@ class Residents:
 
 @dataclass
 class Layout:
-    """How a stage is distributed: ``strategy`` over ``nproc`` ranks."""
+    """How a stage is distributed: ``strategy`` over ``nproc`` ranks, the text encoders placed
+    as ``text_encoders`` (one of :data:`TEXT_ENCODERS`; other than ``'replicate'`` needs FSDP).
+    """
 
     strategy: str = 'ddp'
     nproc: int = 1
-    shard_text_encoders: bool = False
+    text_encoders: str = 'replicate'
     reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
@@ -69,10 +92,21 @@ class Layout:
             raise ValueError(f'strategy must be one of {STRATEGIES}, got {self.strategy!r}')
         if self.nproc < 1:
             raise ValueError(f'nproc must be >= 1, got {self.nproc}')
+        if self.text_encoders not in TEXT_ENCODERS:
+            raise ValueError(f'text_encoders must be one of {list(TEXT_ENCODERS)}, got '
+                             f'{self.text_encoders!r}')
+        if self.text_encoders != 'replicate' and self.strategy != 'fsdp':
+            raise ValueError(f"text_encoders={self.text_encoders!r} needs the FSDP wrapper "
+                             f"(strategy 'fsdp'); DDP replicates them")
 
     @property
     def shard(self) -> float:
         return 1.0 / self.nproc if self.strategy == 'fsdp' else 1.0
+
+    @property
+    def text_share(self) -> float:
+        """The part of the text encoders' weights a rank holds on its GPU between forwards."""
+        return {'replicate': 1.0, 'shard': self.shard, 'offload': 0.0}[self.text_encoders]
 
     def gathered(self, res: Residents) -> int:
         """Unsharded transformer bytes a rank holds while one runs under FSDP2."""
@@ -98,8 +132,7 @@ def phase_bytes(res: Residents, layout: Layout, activations: int, updates: str |
     """Per-rank bytes of a phase that updates ``updates`` (a role or ``None``)."""
     shard = layout.shard
     fsdp = layout.strategy == 'fsdp'
-    text_shard = shard if layout.shard_text_encoders else 1.0
-    weights = (res.other_frozen + res.text_encoders * text_shard
+    weights = (res.other_frozen + res.text_encoders * layout.text_share
                + (res.transformers + res.ema) * shard)
     grads = res.trainable.get(updates, 0) if updates else 0
     optimizer = (2 * sum(res.trainable.values()) + grads) * shard
@@ -108,9 +141,10 @@ def phase_bytes(res: Residents, layout: Layout, activations: int, updates: str |
     gather = 0
     if fsdp and runs_transformer:
         gather += layout.gathered(res)
-    if fsdp and layout.shard_text_encoders and runs_text_encoders:
+    if layout.text_encoders != 'replicate' and runs_text_encoders:
         gather += res.text_gather
     return PhaseBytes(int(weights), int(optimizer), int(activations), int(gather))
 
 
-__all__ = ['Layout', 'PhaseBytes', 'Residents', 'STRATEGIES', 'phase_bytes', 'unsharded_bytes']
+__all__ = ['Layout', 'PhaseBytes', 'Residents', 'STRATEGIES', 'TEXT_ENCODERS',
+           'encoder_gather_bytes', 'phase_bytes', 'unsharded_bytes']

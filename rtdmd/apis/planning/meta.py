@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from rtdmd.utils.sharding import no_split_units
+
 #: Name of the placeholder weight file of a weightless snapshot (empty, never read).
 PLACEHOLDER = 'meta_placeholder.safetensors'
 WEIGHT_PATTERNS = ('*.safetensors', '*.bin', '*.pt', '*.pth', '*.ckpt', '*.gguf', '*.onnx')
@@ -206,8 +208,7 @@ def module_bytes(*modules: nn.Module, trainable: bool | None = None) -> int:
 def fsdp_units(module: nn.Module) -> list[nn.Module]:
     """The modules FSDP shards one at a time: those whose class the model lists as not to be
     split (``_no_split_modules``: the transformer / encoder block classes)."""
-    names = set(getattr(module, '_no_split_modules', None) or [])
-    return [m for m in module.modules() if type(m).__name__ in names]
+    return no_split_units(module)
 
 
 __all__ = ['PLACEHOLDER', 'architecture_dir', 'architecture_source', 'architectures_root',

@@ -22,8 +22,9 @@ def format_tables(stages: Sequence[Any], gpu_memory: float) -> str:
     blocks = []
     for st in stages:
         lay = st.layout
-        head = (f'{st.name} ({st.kind}): {lay.strategy} over {lay.nproc} rank(s), local batch '
-                f'{st.local_batch}, GiB per rank, fits = peak <= {gpu_memory:g} GiB')
+        head = (f'{st.name} ({st.kind}): {lay.strategy} over {lay.nproc} rank(s), text '
+                f'encoders {lay.text_encoders}, local batch {st.local_batch}, GiB per rank, '
+                f'fits = peak <= {gpu_memory:g} GiB')
         table = [(r.stage, r.phase, r.micro_batch, _gib(r.bytes.weights), _gib(r.bytes.optimizer),
                   _gib(r.bytes.activations), _gib(r.bytes.gather), _gib(r.bytes.peak),
                   'yes' if r.fits else 'NO',
@@ -37,12 +38,14 @@ def format_tables(stages: Sequence[Any], gpu_memory: float) -> str:
 def to_json(stages: Sequence[Any], gpu_memory: float) -> str:
     """``{"phases": [{"stage", "phase", "peak_gib", "fits", ...}, ...]}``: one entry per planned
     phase, every figure GiB per rank (``fits``: ``peak_gib <= gpu_memory``). Each entry also
-    carries the row's parts, its micro-batch, the largest that fits and the stage's layout."""
+    carries the row's parts, its micro-batch, the largest that fits and the stage's layout
+    (strategy, ranks, text-encoder placement)."""
     phases = []
     for st in stages:
         for row in st.rows:
             entry = row.to_json()
             entry.update(strategy=st.layout.strategy, nproc=st.layout.nproc,
+                         text_encoders=st.layout.text_encoders,
                          local_batch=st.local_batch, gpu_memory_gib=gpu_memory)
             phases.append(entry)
     return json.dumps({'phases': phases}, indent=2)

@@ -92,6 +92,11 @@ class Backbone(nn.Module):
         :meth:`freeze_frozen_modules` and kept in eval mode by :meth:`train`."""
         return []
 
+    def text_encoders(self) -> list[nn.Module]:
+        """The frozen prompt encoders, each a whole model (the FSDP wrapper may shard or
+        offload them: ``model_wrapper_cfg.text_encoders``). Default: none."""
+        return []
+
     def prepare_warm_start(self) -> None:
         """Shape the trainable roles to start from a previous stage (values come later, from
         :meth:`warm_start`). Default: nothing to add (the roles load the previous weights)."""

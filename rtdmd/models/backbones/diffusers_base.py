@@ -146,6 +146,11 @@ class DiffusersBackbone(Backbone):
         return self.lora_targets
 
     # ------------------------------------------------------------------------------ shared
+    def text_encoders(self) -> list[nn.Module]:
+        """Every frozen module but the VAE (a family's ``frozen_modules`` are its text
+        encoders and its VAE)."""
+        return [m for m in self.frozen_modules() if m is not self.vae]
+
     @property
     def device(self) -> torch.device:
         return next(self.fake_score.parameters()).device
