@@ -5,7 +5,7 @@ config (:func:`config_identity`); ``--resume`` and ``model.init_checkpoint`` ref
 of another stage or config, naming the keys that differ (:func:`changed_keys`).
 
 The hash covers every key that can change the trained weights. Left out are the keys that only
-say where and how a run is logged or saved (work dir, logger and checkpoint intervals,
+say where and how a run is logged or saved (work dir, logger, checkpoint and sample-grid intervals,
 validation and test settings, the launcher, the distributed engine ``model_wrapper_cfg``), and
 ``train_cfg.max_iters``, so that a finished run can be trained further with ``--resume``.
 ``train_dataloader.batch_size`` enters as the global batch (times ``WORLD_SIZE``), so a run
@@ -31,7 +31,8 @@ __all__ = ['IGNORED_KEYS', 'changed_keys', 'checkpoint_content_id', 'config_iden
 IGNORED_KEYS: tuple[str, ...] = (
     'work_dir', 'experiment_name', 'launcher', 'resume', 'load_from', 'log_level', 'visualizer',
     'log_processor', 'env_cfg', 'default_hooks.logger', 'default_hooks.checkpoint',
-    'default_hooks.timer', 'default_hooks.nonfinite', 'train_cfg.max_iters',
+    'default_hooks.timer', 'default_hooks.nonfinite', 'default_hooks.visualization',
+    'train_cfg.max_iters',
     'train_cfg.val_interval', 'val_dataloader', 'val_evaluator', 'val_cfg', 'test_dataloader',
     'test_evaluator', 'test_cfg', 'evaluation', 'stages', 'benchmark', 'filename', 'stage_name',
     'model_wrapper_cfg',  # DDP or FSDP train the same weights (tests/test_engine/test_fsdp.py)

@@ -51,7 +51,9 @@ def _options(weights: Path, ranks: int, max_iters: int) -> list[str]:
             'default_hooks.logger.interval=1', 'model.group_size=2',
             'train_rewards._delete_=True', 'train_rewards.main.scorer.type=ImageBrightnessReward',
             'custom_hooks.0.interval=1',  # an EMA pull every iteration
-            *([FSDP] if ranks > 1 else [])]
+            # ranked runs draw sample grids every iteration: a sharded generator samples on
+            # every rank (rank 0 alone would wait for the others' shards forever)
+            *([FSDP, 'default_hooks.visualization.interval=1'] if ranks > 1 else [])]
 
 
 def _train_tool():
@@ -147,6 +149,9 @@ def test_fsdp_checkpoint_is_full_and_resumes_exactly(chain: Path) -> None:
         k[len('backbone.generator.'):] for k in ckpt['state_dict']
         if k.startswith('backbone.generator.') and '.default.' in k}
     _same(_load(chain / 'fsdp_resumed' / 'iter_3.pth'), ckpt, 3, exact=True)
+    # the sharded runs drew their grids (rank 0 writes them) and training stayed exact
+    assert sorted(p.name for p in (chain / 'fsdp_resumed' / 'vis').glob('*.png')) == [
+        'samples_iter_3.png']
 
 
 @pytest.mark.slow

@@ -87,9 +87,11 @@ class SampleVisualizationHook(Hook):
             self.visualize(runner, runner.iter + 1)
 
     def visualize(self, runner: Any, step: int) -> np.ndarray | None:
-        """Sample, draw and log one grid; returns the RGB image (main process only)."""
-        if not is_main_process():
-            return None
+        """Sample, draw and log one grid; returns the RGB image (main process only).
+
+        Every rank samples (a sharded generator or text encoder gathers its weights from all
+        ranks, so rank 0 alone would wait forever); only the main process draws and writes.
+        """
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         prompts = self._prompts(runner)
         points = len(model.backbone.latent_shape()) == 1
@@ -102,6 +104,8 @@ class SampleVisualizationHook(Hook):
                 samples = model.generate(_as_prompts(repeated), seed=self.seed).float().cpu()
         finally:
             model.train(was_training)
+        if not is_main_process():
+            return None
         if samples.ndim == 2:
             fig = scatter_figure(samples, [prompts.index(p) for p in repeated],
                                  [str(p) for p in prompts], f'generator samples, iter {step}')
