@@ -64,9 +64,8 @@ def test_training_path_equals_the_backbone_path(tmp_path: Path, family: str) -> 
         torch.testing.assert_close(v_ours.float(), v_theirs, rtol=1e-4, atol=1e-5)
 
 
-#: The families whose trained teacher ships in rtdmd/assets/shapes (the SD3-shaped one is
-#: trained by configs/teachers/shapes_sd3.py but not shipped yet).
-SHIPPED = {'flux2': 'Flux2KleinBackbone'}
+#: The families whose trained teacher ships in rtdmd/assets/shapes (configs/teachers/shapes_*.py).
+SHIPPED = {'flux2': 'Flux2KleinBackbone', 'sd3': 'SD3Backbone'}
 
 
 def test_every_shipped_teacher_folder_is_tested() -> None:
