@@ -99,3 +99,25 @@ def test_empirical_velocity_of_one_sample_and_of_many() -> None:
     exact = gauss(x, torch.full((500,), 0.5), torch.zeros(500, dtype=torch.long))
     err = (empirical_velocity(samples, x, 0.5) - exact).pow(2).sum(-1).mean()
     assert err < 0.01 * exact.pow(2).sum(-1).mean()  # kernel-estimate error at N = 4000
+
+
+@pytest.mark.parametrize('term', ['policy', 'bp'])
+def test_reward_scale_reaches_bp_but_not_grpo(tiny_backbone_cfg: dict, term: str) -> None:
+    """The normalisations the effective beta rests on (docs/analytic_world.md): GRPO's
+    advantages are standardised, so scaling the reward by 3 leaves its gradient unchanged; the
+    BP term's gradient is the reward's, so it triples (the hinge's margin is out of reach)."""
+    def gradient(scale: float) -> torch.Tensor:
+        reward = dict(type='LinearReward', direction=[0.6 * scale, 0.8 * scale])
+        terms = dict(policy=dict(type='ClippedRatioLoss') if term == 'policy' else None,
+                     bp=dict(type='RewardHingeLoss', margin=1e3, loss_weight=0.1)
+                     if term == 'bp' else None)
+        model = MODELS.build(dict(
+            type='RTDMDDistiller', backbone=tiny_backbone_cfg,
+            sampler=dict(type='CPSSampler', eta=0.9), rewards=dict(main=dict(scorer=reward)),
+            group_size=8, terms=terms, matching=None))
+        return generator_gradient(model, _data(), epoch=3)
+
+    base, tripled = gradient(1.0), gradient(3.0)
+    assert base.norm() > 0
+    expected = base if term == 'policy' else 3.0 * base
+    torch.testing.assert_close(tripled, expected, rtol=2e-3, atol=1e-3 * float(base.abs().max()))
