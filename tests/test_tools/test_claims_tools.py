@@ -47,9 +47,11 @@ def test_world_options_put_the_pipeline_on_the_world(seed: int, capsys, tmp_path
     assert cfg.evaluation.beta_grid_max == spec.beta_grid_max
 
 
-@pytest.mark.parametrize('name', ['toy2d_fake_ratio_gamma', 'toy2d_beta_weights',
-                                  'toy2d_beta_dm'])
+POINTS = {'toy2d_fake_ratio_gamma': 9, 'toy2d_gamma_ratio1_short': 3, 'toy2d_beta_weights': 9,
+          'toy2d_beta_dm': 3}
+
+
+@pytest.mark.parametrize('name', sorted(POINTS))
 def test_claims_sweeps_load(name: str) -> None:
     sweep = load_sweep(str(REPO / 'configs' / 'ablations' / f'{name}.py'))
-    assert len(sweep.points()) == {'toy2d_fake_ratio_gamma': 9, 'toy2d_beta_weights': 9,
-                                   'toy2d_beta_dm': 3}[name]
+    assert len(sweep.points()) == POINTS[name]
