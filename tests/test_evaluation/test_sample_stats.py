@@ -7,8 +7,13 @@ import pytest
 import torch
 from matplotlib.colors import rgb_to_hsv
 
-from rtdmd.evaluation.sample_stats import (brightness, frechet_distance, mean_pairwise_distance,
-                                           rms_norm, saturation)
+from rtdmd.evaluation.sample_stats import (
+    brightness,
+    frechet_distance,
+    mean_pairwise_distance,
+    rms_norm,
+    saturation,
+)
 
 
 def _frechet_primal(a: np.ndarray, b: np.ndarray) -> float:

@@ -48,8 +48,13 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import Tensor
 
-from rtdmd.evaluation.sample_stats import (brightness, frechet_distance, mean_pairwise_distance,
-                                           rms_norm, saturation)
+from rtdmd.evaluation.sample_stats import (
+    brightness,
+    frechet_distance,
+    mean_pairwise_distance,
+    rms_norm,
+    saturation,
+)
 from rtdmd.models.samplers.noise import GeneratorNoise
 from rtdmd.registry import DATASETS, HOOKS, REWARDS
 from rtdmd.utils.rng import stream
