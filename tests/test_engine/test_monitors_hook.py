@@ -186,6 +186,7 @@ def test_thresholds_are_validated_with_the_key_named() -> None:
 
 
 # --------------------------------------------------------------------------------- shapes world
+@pytest.mark.slow
 def test_shapes_images_monitors_and_a_saturated_generator(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
@@ -212,6 +213,7 @@ def test_shapes_images_monitors_and_a_saturated_generator(tmp_path: Path,
 
 
 # ----------------------------------------------------------------------------------- tiny SD3
+@pytest.mark.slow
 def test_sd3_with_a_second_scorer_as_the_held_out_reward(tmp_path: Path) -> None:
     from rtdmd.testing.lora import STANDIN_REWARD_OPTIONS
     from rtdmd.testing.sd3 import TINY_RESOLUTION, build_sd3_dir
@@ -232,6 +234,19 @@ def test_sd3_with_a_second_scorer_as_the_held_out_reward(tmp_path: Path) -> None
     assert [h['epoch'] for h in history] == [0, 1]
     # The held-out scorer is the training one on the same images: no gap, whatever trained.
     assert [h['reward_gap'] for h in history] == pytest.approx([0.0, 0.0], abs=1e-6)
-    assert history[0]['drift'] == 0.0 and history[1]['drift'] > 0
+    assert history[0]['drift'] == pytest.approx(0.0, abs=1e-6) and history[1]['drift'] > 1e-4
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     assert 'monitor/reward_gap' in _scalars(tmp_path / 'work')
+
+
+def test_monitor_traces_tool_prints_the_run_table(toy_runs: tuple,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    import runpy
+
+    tool = runpy.run_path('tools/monitor_traces.py')
+    assert tool['main']([str(toy_runs[2] / 'with'), '--epochs', '0', '6']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [c.strip() for c in lines[0].strip('|').split('|')][:3] == ['run', 'epoch', 'drift']
+    rows = [[c.strip() for c in line.strip('|').split('|')] for line in lines[2:]]
+    assert [r[1] for r in rows] == ['0', '6'] and rows[0][2] == '0' and float(rows[1][2]) > 0
+    assert tool['main']([str(toy_runs[2] / 'nothing')]) == 1
