@@ -129,6 +129,23 @@ def test_toy_scalars_reach_tensorboard_and_training_is_unchanged(toy_runs: tuple
     assert not any('loss' in t for t in scalars if t.startswith('monitor/'))
 
 
+def test_the_reference_survives_a_resume(toy_runs: tuple, tmp_path: Path) -> None:
+    """The checkpoint keeps the stage-2 start's probe; a resumed run compares with it, not with
+    the resumed model."""
+    from rtdmd.utils.checkpoint import read_checkpoint
+
+    first, _, work = toy_runs
+    saved = read_checkpoint(str(work / 'with' / 'iter_6.pth'))['reward_monitor_reference']
+    assert torch.equal(saved['x0'], _hook(first).reference['x0'])
+    resumed = _train('configs/rtdmd/toy2d_4step.py', tmp_path, [
+        *TOY_STAGE2, 'train_cfg.max_iters=8', 'resume=True',
+        f'load_from={work / "with" / "iter_6.pth"}'])
+    hook = _hook(resumed)
+    assert torch.equal(hook.reference['x0'], saved['x0'])
+    assert [h['epoch'] for h in hook.history] == [8]  # no new epoch-0 row
+    assert hook.history[0]['drift'] > _hook(first).history[-1]['drift'] > 0  # two more steps
+
+
 def test_toy_hacked_generators_fire_their_monitors(toy_runs: tuple,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     runner = toy_runs[0]
