@@ -52,7 +52,7 @@ def _thresholds(stage_dir: str) -> dict:
 def _cell(name: str, value: float, thr: dict) -> str:
     from rtdmd.engine.hooks.monitors import MONITORS
 
-    text = f'{value:.3g}'
+    text = f'{0.0 if abs(value) < 1e-9 else value:.3g}'  # rounding residue of an exact zero
     if name in MONITORS:
         key, kind, _ = MONITORS[name]
         t = thr[key]

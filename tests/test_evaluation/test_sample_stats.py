@@ -1,4 +1,5 @@
-"""The monitors' set statistics against independent computations (scipy, matplotlib)."""
+"""The monitors' set statistics against independent computations (scipy, matplotlib) and
+closed forms."""
 
 from __future__ import annotations
 
@@ -9,46 +10,42 @@ from matplotlib.colors import rgb_to_hsv
 
 from rtdmd.evaluation.sample_stats import (
     brightness,
-    frechet_distance,
+    energy_distance,
     mean_pairwise_distance,
     rms_norm,
     saturation,
 )
 
 
-def _frechet_primal(a: np.ndarray, b: np.ndarray) -> float:
-    """The textbook D x D form: tr sqrt(C_a C_b) = tr sqrt(C_a^1/2 C_b C_a^1/2) by eigh."""
-    ca, cb = np.cov(a.T, bias=True), np.cov(b.T, bias=True)
-    w, v = np.linalg.eigh(ca)
-    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cb @ root), 0, None)).sum()
-    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
+def test_energy_distance_matches_scipy_in_one_dimension() -> None:
+    """scipy's 1-D energy distance (a V-statistic, returned as its square root) agrees up to
+    the O(1/K) bias of its within-set terms."""
+    from scipy.stats import energy_distance as scipy_energy
 
-
-@pytest.mark.parametrize('n, m, d', [(40, 30, 5), (6, 9, 50)])  # more samples or dimensions
-def test_frechet_matches_the_primal_form(n: int, m: int, d: int) -> None:
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
-    b = 0.5 + rng.normal(size=(m, d)) * rng.uniform(0.5, 2, size=d)
-    got = float(frechet_distance(torch.tensor(a), torch.tensor(b)))
-    assert got == pytest.approx(_frechet_primal(a, b), rel=1e-5)
+    a, b = rng.normal(size=2000), rng.normal(0.7, 1.5, size=2000)
+    got = float(energy_distance(torch.tensor(a)[:, None], torch.tensor(b)[:, None]))
+    assert got == pytest.approx(scipy_energy(a, b) ** 2, rel=0.02)
 
 
-def test_frechet_properties() -> None:
+def test_energy_distance_properties() -> None:
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(64, 8, generator=gen)
-    assert float(frechet_distance(a, a)) == pytest.approx(0.0, abs=1e-5)
-    shift = torch.arange(8.0)
-    # A common translation changes nothing; translating one set adds |shift|^2.
-    assert float(frechet_distance(a + 3, a + 3)) == pytest.approx(0.0, abs=1e-5)
-    assert float(frechet_distance(a, a + shift)) == pytest.approx(float(shift.square().sum()),
-                                                                  rel=1e-5)
-    # Scaling one set by s: the covariance term is (1 - s)^2 tr C (same eigenvectors).
-    centred = a - a.mean(0)
-    assert float(frechet_distance(centred, 3 * centred)) == pytest.approx(
-        4 * float(centred.square().sum(1).mean()), rel=1e-4)
-    with pytest.raises(ValueError, match=r'\(n, D\) and \(m, D\)'):
-        frechet_distance(a, a[:, :3])
+    # Identical (paired) sets: zero up to rounding (cdist and pdist round differently).
+    assert float(energy_distance(a, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(energy_distance(a + 3, a + 3)) == pytest.approx(0.0, abs=1e-6)
+    nulls = torch.stack([energy_distance(torch.randn(4, 1024, generator=gen),
+                                         torch.randn(4, 1024, generator=gen)) for _ in range(50)])
+    spread = 2 * 1024 ** 0.5  # E|Y - Y'| of a standard Gaussian in 1024-D, about sqrt(2 D)
+    assert abs(float(nulls.mean())) < 0.01 * spread  # unbiased even at K = 4 << D
+    # A shift by the spread sqrt(D) in high dimension: 2 (sqrt(3 D) - sqrt(2 D)) / sqrt(2 D).
+    y = torch.randn(64, 1024, generator=gen)
+    x = torch.randn(64, 1024, generator=gen) + torch.nn.functional.one_hot(
+        torch.tensor(0), 1024) * 1024 ** 0.5
+    ratio = float(energy_distance(x, y) / mean_pairwise_distance(y))
+    assert ratio == pytest.approx(2 * (1.5 ** 0.5 - 1), abs=0.02)
+    with pytest.raises(ValueError, match='two \\(K >= 2, D\\) sample sets of one shape'):
+        energy_distance(a, a[:, :3])
 
 
 def test_pairwise_distance_and_rms() -> None:

@@ -11,12 +11,13 @@ every checkpoint, so a resumed run compares with the same reference.
 Monitors (``monitor/<name>`` scalars in every visualizer backend, TensorBoard included; a
 WARNING names the monitor, its value, its threshold and what it suggests):
 
-- ``drift``: the Frechet distance between Gaussians fitted to the student's and the reference's
-  final latents ``x0`` of each probe prompt, divided by the reference's spread
-  ``sqrt(tr C_ref)`` (mean over prompts). A set distance, not a paired one, so a generator that
-  only re-assigns noise to samples does not drift; it needs no learned feature network and no
-  fake score (GRPO-only trains none), so it means the same on every backbone; the cross term is
-  computed exactly in the samples' dual space (:func:`frechet_distance`), for any latent size.
+- ``drift``: the energy distance between the student's and the reference's final latents ``x0``
+  of each probe prompt, over the reference's mean pairwise distance (mean over prompts; 0.45 is
+  a shift by the reference's spread). A set distance, not a paired one, so a generator that
+  only re-assigns noise to samples does not drift; unbiased for any K and latent size
+  (:func:`energy_distance`), where a Frechet distance of K << D samples is not; it needs no
+  learned feature network and no fake score (GRPO-only trains none), so it means the same on
+  every backbone.
 - ``diversity_ratio``: the mean pairwise distance of a prompt's K samples over the reference's
   (mode collapse shows as a ratio far below 1).
 - ``reward_gap``: how much more the training reward rose than a held-out one, each in units of
@@ -50,7 +51,7 @@ from torch import Tensor
 
 from rtdmd.evaluation.sample_stats import (
     brightness,
-    frechet_distance,
+    energy_distance,
     mean_pairwise_distance,
     rms_norm,
     saturation,
@@ -63,15 +64,15 @@ __all__ = ['THRESHOLD_DEFAULTS', 'RewardHackingMonitorHook', 'monitor_values']
 
 #: Conservative defaults: a healthy reward-tilted student stays well inside them (see
 #: docs/shapes_world.md for the traces of RTDMD and GRPO-only).
-THRESHOLD_DEFAULTS = dict(drift=1.0, diversity=0.5, reward_gap=1.0, x0_norm=1.5,
+THRESHOLD_DEFAULTS = dict(drift=0.5, diversity=0.5, reward_gap=2.0, x0_norm=1.5,
                           saturation=0.15, brightness=0.15)
 
 #: monitor -> (threshold key, kind of bound, what a firing suggests). Kinds: ``max`` fires above
 #: the threshold, ``min`` below it, ``abs`` when ``|value|`` exceeds it, ``ratio`` outside
 #: ``[1 / threshold, threshold]``.
 MONITORS = {
-    'drift': ('drift', 'max', 'the samples moved away from the stage-2 start by more than its '
-              'own spread: the generator may be leaving the teacher\'s support'),
+    'drift': ('drift', 'max', 'the samples moved away from the stage-2 start by about their '
+              'own spread or more: the generator may be leaving the teacher\'s support'),
     'diversity_ratio': ('diversity', 'min', 'the samples of a prompt became much more alike '
                         'than at the start: mode collapse'),
     'reward_gap': ('reward_gap', 'max', 'the training reward rose much more than the held-out '
@@ -106,7 +107,8 @@ class RewardHackingMonitorHook(Hook):
         heldout_reward: a reward scorer config scored on the training probe prompts as the
             held-out reward; when set it is used instead of ``heldout_prompts``.
         thresholds: ``{monitor: value or None (off)}`` over :data:`THRESHOLD_DEFAULTS`:
-            ``drift`` (max, in reference spreads), ``diversity`` (min ratio, in (0, 1)),
+            ``drift`` (max relative energy distance; 0.45 is a shift by the reference's
+            spread), ``diversity`` (min ratio, in (0, 1)),
             ``reward_gap`` (max, in reference standard deviations), ``x0_norm`` (max factor
             either way, > 1), ``saturation`` and ``brightness`` (max absolute change, in [0, 1]).
     """
@@ -315,11 +317,11 @@ def monitor_values(probe: dict[str, Any], reference: dict[str, Any]) -> dict[str
     """The monitors of ``probe`` against ``reference`` (both :meth:`~RewardHackingMonitorHook.
     probe` outputs), and the raw statistics they come from."""
     x, ref = probe['x0'], reference['x0']
-    drift = [frechet_distance(x[p], ref[p]).sqrt() / _spread_of(ref[p]) for p in range(len(x))]
     div = torch.stack([mean_pairwise_distance(x[p]) for p in range(len(x))])
-    div_ref = torch.stack([mean_pairwise_distance(ref[p]) for p in range(len(ref))])
-    values = dict(drift=torch.stack(drift).mean(), diversity=div.mean(),
-                  diversity_ratio=(div / div_ref.clamp_min(1e-12)).mean(),
+    div_ref = torch.stack([mean_pairwise_distance(ref[p]) for p in range(len(ref))]).clamp_min(
+        1e-12)
+    drift = torch.stack([energy_distance(x[p], ref[p]) for p in range(len(x))]) / div_ref
+    values = dict(drift=drift.mean(), diversity=div.mean(), diversity_ratio=(div / div_ref).mean(),
                   x0_rms=probe['x0_rms'].mean(),
                   x0_norm_ratio=probe['x0_rms'].mean() / reference['x0_rms'].mean())
     if 'saturation' in probe:
@@ -356,11 +358,6 @@ def check_thresholds(thresholds: dict | None) -> dict[str, float | None]:
 def _standardised_gain(reward: Tensor, reference: Tensor) -> Tensor:
     """The mean reward's rise over the reference's, in the reference's standard deviations."""
     return (reward.mean() - reference.mean()) / reference.std().clamp_min(1e-6)
-
-
-def _spread_of(x: Tensor) -> Tensor:
-    """``sqrt(tr C)`` of ``(K, D)`` samples: their RMS distance to their mean."""
-    return (x - x.mean(0)).double().square().sum(1).mean().sqrt().clamp_min(1e-12).float()
 
 
 def _distinct(dataset: Any) -> tuple[list[Any], list[Any]]:
