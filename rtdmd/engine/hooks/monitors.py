@@ -373,7 +373,7 @@ def _distinct(dataset: Any) -> tuple[list[Any], list[Any]]:
 
 def _spread(found: tuple[list, list], n: int) -> tuple[list, list]:
     """``n`` of the prompts, evenly spaced (all of them when there are no more than ``n``):
-    a dataset ordered by tag gives a probe of every tag."""
+    a dataset ordered by tag gives a probe of several tags, not of its first one only."""
     prompts, metadata = found
     if len(prompts) <= n:
         return list(prompts), list(metadata)
