@@ -108,8 +108,9 @@ def test_stage2_hyperparameters(size: str, consistency: bool, save_every: int) -
     assert cfg.train_dataloader.dataset.require_metadata
     assert cfg.train_cfg.max_iters == 1000
     assert cfg.default_hooks.checkpoint.interval == save_every
-    (ema,) = cfg.custom_hooks
+    ema, monitors = cfg.custom_hooks
     assert ema.decay == 0.9 and ema.interval == 8 and ema.warmup and ema.sub_batches == 16
+    assert monitors.type == 'RewardHackingMonitorHook' and monitors.interval == 10
     assert [s['name'] for s in cfg.stages] == ['ac_dmd', 'rtdmd']
     assert cfg.stages[0]['config'] == f'../ac_dmd/flux2_klein_{size.lower()}_4step.py'
     assert cfg.stages[1]['init_from'] == 'ac_dmd'

@@ -42,5 +42,9 @@ optim_wrapper = dict(
 model_wrapper_cfg = dict(type='rtdmd.DistillerDataParallel', find_unused_parameters=True)
 # Parameter-level EMA with warm-up decay min((1 + s) / (10 + s), 0.9), every 8 steps, called as
 # the release does after each of an epoch's 16 sub-batches (see TrainableEMAHook.sub_batches).
+# Reward-hacking monitors every 10 epochs on a fixed probe (drift from the stage-2 start,
+# diversity, train vs held-out reward, x0 norm, saturation, brightness): a WARNING past a
+# threshold (RewardHackingMonitorHook's conservative defaults; docs/shapes_world.md).
 custom_hooks = [dict(type='TrainableEMAHook', role='generator', decay=0.9, interval=8,
-                     warmup=True, sub_batches=16)]
+                     warmup=True, sub_batches=16),
+                dict(type='RewardHackingMonitorHook', interval=10)]
