@@ -88,7 +88,8 @@ def test_stage2_hyperparameters() -> None:
     assert cfg.train_dataloader.batch_size * 32 == 64
     assert cfg.train_dataloader.dataset.require_metadata
     assert cfg.train_cfg.max_iters == 1000 and cfg.default_hooks.checkpoint.interval == 50
-    (ema,) = cfg.custom_hooks
+    ema, monitors = cfg.custom_hooks
     assert ema.decay == 0.9 and ema.interval == 8 and ema.warmup and ema.sub_batches == 16
+    assert monitors.type == 'RewardHackingMonitorHook' and monitors.interval == 10
     assert [s['name'] for s in cfg.stages] == ['ac_dmd', 'rtdmd']
     assert cfg.stages[1]['init_from'] == 'ac_dmd'

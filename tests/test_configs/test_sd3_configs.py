@@ -104,7 +104,8 @@ def test_stage2_config_and_its_pipeline(name: str) -> None:
     assert generator.optimizer.lr == 3e-6 and generator.optimizer.weight_decay == 1e-4
     assert fake.optimizer.lr == 3e-5 and generator.clip_grad.max_norm == 1.0
     assert cfg.custom_hooks == [dict(type='TrainableEMAHook', role='generator', decay=0.9,
-                                     interval=8, warmup=True, sub_batches=16)]
+                                     interval=8, warmup=True, sub_batches=16),
+                                dict(type='RewardHackingMonitorHook', interval=10)]
     assert cfg.train_dataloader.batch_size == spec['prompts_per_gpu']
     assert cfg.train_dataloader.dataset.path == 'geneval_metadata.jsonl'
     assert cfg.train_dataloader.dataset.require_metadata

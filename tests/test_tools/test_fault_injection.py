@@ -42,7 +42,9 @@ KEEP_ONE = ['*:default_hooks.checkpoint.max_keep_ckpts=1']  # the harshest rotat
 
 @REWARDS.register_module(force=True)
 class NaNAfterReward(LinearReward):
-    """The toy's linear reward until ``after`` calls, NaN from then on (a reward that breaks)."""
+    """The toy's linear reward until ``after`` back-propagated calls (one per training step; the
+    monitors' probes run under no_grad and do not count), NaN from then on (a reward that
+    breaks)."""
 
     def __init__(self, direction: list[float], after: int = 2) -> None:
         super().__init__(direction=direction)
@@ -50,7 +52,7 @@ class NaNAfterReward(LinearReward):
         self.calls = 0
 
     def forward(self, images, prompts=None, metadata=None):
-        self.calls += 1
+        self.calls += torch.is_grad_enabled()
         scores = super().forward(images, prompts, metadata)
         return scores if self.calls <= self.after else scores * float('nan')
 
