@@ -15,11 +15,12 @@ import itertools
 import json
 import math
 import os.path as osp
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from mmengine.config import Config, DictAction
+
+from rtdmd.utils.config_refs import REFERENCE
 
 SWEEP_KEYS = {'config': True, 'axes': True, 'cfg_options': False, 'metrics': True}  # required?
 AXIS_KEYS = ('values', 'keys')
@@ -170,8 +171,8 @@ def format_options(options: dict) -> list[str]:
 def value_label(value: Any) -> str:
     """A value as it appears in a point's directory name and in the results table; a config
     reference (``'${backbones.sd3}'``) by its last key (``sd3``)."""
-    if isinstance(value, str) and (ref := re.fullmatch(r'\$\{[\w.]*?(\w+)\}', value)):
-        return ref.group(1)
+    if isinstance(value, str) and (ref := REFERENCE.match(value)):
+        return ref.group(1).rsplit('.', 1)[-1]
     return format_value(value).replace('"', '').replace('/', '_')
 
 

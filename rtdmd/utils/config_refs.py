@@ -14,7 +14,8 @@ from typing import Any
 
 from mmengine.config import Config, ConfigDict
 
-_REF = re.compile(r'^\$\{([A-Za-z_][\w.]*)\}$')
+#: A whole-string reference ``'${a.b}'``; group 1 is the dotted path.
+REFERENCE = re.compile(r'^\$\{([A-Za-z_][\w.]*)\}$')
 
 
 def _lookup(root: dict, path: str) -> Any:
@@ -35,7 +36,7 @@ def resolve_references(cfg: Config) -> Config:
 
     def resolve(value: Any, trail: tuple[str, ...]) -> Any:
         if isinstance(value, str):
-            match = _REF.match(value)
+            match = REFERENCE.match(value)
             if not match:
                 return value
             path = match.group(1)

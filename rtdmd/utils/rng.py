@@ -10,7 +10,10 @@ times: what the release broadcasts from rank 0).
 from __future__ import annotations
 
 import hashlib
+import random
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -25,3 +28,19 @@ def stream(*keys: int | str, device: torch.device | str = 'cpu') -> torch.Genera
     gen = torch.Generator(device=device)
     gen.manual_seed(stream_seed(*keys))
     return gen
+
+
+def global_rng_states() -> dict[str, Any]:
+    """Python's, NumPy's and torch's (CPU and, when present, CUDA) global generator states."""
+    return dict(python=random.getstate(), numpy=np.random.get_state(),
+                torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_global_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`global_rng_states` returned."""
+    random.setstate(states['python'])
+    np.random.set_state(states['numpy'])
+    torch.set_rng_state(states['torch'])
+    if states['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])

@@ -38,7 +38,6 @@ exactly as without the hook. Only the main process logs.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +57,9 @@ from rtdmd.evaluation.sample_stats import (
 )
 from rtdmd.models.samplers.noise import GeneratorNoise
 from rtdmd.registry import DATASETS, HOOKS, REWARDS
-from rtdmd.utils.rng import stream
+from rtdmd.utils.rng import global_rng_states, set_global_rng_states, stream
+
+from .prompts import as_prompts, distinct_prompts
 
 __all__ = ['THRESHOLD_DEFAULTS', 'RewardHackingMonitorHook', 'monitor_values']
 
@@ -84,10 +85,6 @@ MONITORS = {
     'brightness_shift': ('brightness', 'abs', 'the brightness of the images changed: an '
                          'exposure preference of the reward taken to the extreme'),
 }
-
-#: Dataset items scanned for distinct prompts.
-_MAX_SCAN = 100_000
-
 
 @HOOKS.register_module()
 class RewardHackingMonitorHook(Hook):
@@ -176,7 +173,7 @@ class RewardHackingMonitorHook(Hook):
         """The probe's statistics of the current generator (global RNG states untouched)."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         sets = self._probe_sets(runner)
-        states = _rng_states()
+        states = global_rng_states()
         was_training = model.training
         model.eval()
         try:
@@ -190,7 +187,7 @@ class RewardHackingMonitorHook(Hook):
                     out['heldout'] = held['reward']
         finally:
             model.train(was_training)
-            _set_rng_states(states)
+            set_global_rng_states(states)
         out.pop('_images', None)
         return out
 
@@ -201,7 +198,7 @@ class RewardHackingMonitorHook(Hook):
         backbone, k = model.backbone, self._k(model)
         latents, images, rewards = [], [], []
         for i, (prompt, meta) in enumerate(zip(prompts, metadata, strict=True)):
-            batch = _as_prompts([prompt] * k)
+            batch = as_prompts([prompt] * k)
             metas = None if meta is None else [meta] * k
             cond = backbone.encode_prompts(batch)
             gen = stream(self.seed, 'reward_monitor', split, i, device=model.iteration.device)
@@ -230,7 +227,7 @@ class RewardHackingMonitorHook(Hook):
             k = images.shape[0] // len(prompts)
             batch = [p for p in prompts for _ in range(k)]
             metas = None if metadata[0] is None else [m for m in metadata for _ in range(k)]
-            return self._heldout_scorer(images, _as_prompts(batch), metas).float().cpu().view(
+            return self._heldout_scorer(images, as_prompts(batch), metas).float().cpu().view(
                 len(prompts), k)
 
         return score
@@ -246,7 +243,7 @@ class RewardHackingMonitorHook(Hook):
             return self._sets
         dataset = runner.train_dataloader.dataset
         train = (_with_metadata(self.prompts, dataset) if self.prompts is not None
-                 else _spread(_distinct(dataset), self.num_prompts))
+                 else _spread(distinct_prompts(dataset), self.num_prompts))
         if not train[0]:
             raise ValueError('RewardHackingMonitorHook: the training dataset has no prompt; '
                              'set prompts=[...]')
@@ -270,10 +267,10 @@ class RewardHackingMonitorHook(Hook):
                               'of; set heldout_prompts or heldout_reward')
             spec = {**cfg, 'split': 'heldout'}
         if isinstance(spec, dict):
-            found = _distinct(DATASETS.build(spec))
+            found = distinct_prompts(DATASETS.build(spec))
         else:
             found = _with_metadata(list(spec), None)
-        seen = set(_distinct(dataset)[0])
+        seen = set(distinct_prompts(dataset)[0])
         keep = [i for i, p in enumerate(found[0]) if p not in seen]
         if not keep:
             return None, 'every held-out prompt also occurs in the training dataset'
@@ -360,17 +357,6 @@ def _standardised_gain(reward: Tensor, reference: Tensor) -> Tensor:
     return (reward.mean() - reference.mean()) / reference.std().clamp_min(1e-6)
 
 
-def _distinct(dataset: Any) -> tuple[list[Any], list[Any]]:
-    """Distinct prompts of a dataset in order, with the metadata of each one's first item."""
-    found: dict[Any, Any] = {}  # insertion-ordered
-    for index in range(min(len(dataset), _MAX_SCAN)):
-        item = dataset[index]
-        prompt = item['prompt']
-        prompt = int(prompt) if isinstance(prompt, Tensor) else prompt
-        found.setdefault(prompt, item.get('metadata'))
-    return list(found), list(found.values())
-
-
 def _spread(found: tuple[list, list], n: int) -> tuple[list, list]:
     """``n`` of the prompts, evenly spaced (all of them when there are no more than ``n``):
     a dataset ordered by tag gives a probe of several tags, not of its first one only."""
@@ -383,26 +369,5 @@ def _spread(found: tuple[list, list], n: int) -> tuple[list, list]:
 
 def _with_metadata(prompts: list[Any], dataset: Any) -> tuple[list, list]:
     """Configured prompts, with the training dataset's metadata where it has the prompt."""
-    known = dict(zip(*_distinct(dataset), strict=True)) if dataset is not None else {}
+    known = dict(zip(*distinct_prompts(dataset), strict=True)) if dataset is not None else {}
     return list(prompts), [known.get(p) for p in prompts]
-
-
-def _as_prompts(prompts: list[Any]) -> list[Any] | Tensor:
-    """Class ids as a tensor (the analytic world's prompts), text as a list."""
-    if all(isinstance(p, int) for p in prompts):
-        return torch.tensor(prompts, dtype=torch.long)
-    return prompts
-
-
-def _rng_states() -> tuple:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
-
-
-def _set_rng_states(states: tuple) -> None:
-    py, npy, cpu, cuda = states
-    random.setstate(py)
-    np.random.set_state(npy)
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)

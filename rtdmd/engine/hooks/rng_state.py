@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import numpy as np
-import torch
 from mmengine.hooks import Hook
 
 from rtdmd.registry import HOOKS
+from rtdmd.utils.rng import global_rng_states, set_global_rng_states
 
 
 @HOOKS.register_module()
@@ -25,17 +23,10 @@ class RNGStateHook(Hook):
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        checkpoint['rng_state'] = dict(
-            python=random.getstate(), numpy=np.random.get_state(),
-            torch=torch.get_rng_state(),
-            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        checkpoint['rng_state'] = global_rng_states()
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         state = checkpoint.get('rng_state')
         if state is None or runner.rank != 0 or not getattr(runner, '_resume', False):
             return  # only an exact resume restores the random state, not a weight load
-        random.setstate(state['python'])
-        np.random.set_state(state['numpy'])
-        torch.set_rng_state(state['torch'])
-        if state['cuda'] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state['cuda'])
+        set_global_rng_states(state)

@@ -27,11 +27,9 @@ from torch import Tensor
 from rtdmd.registry import HOOKS
 from rtdmd.utils.atomic import atomic_write_bytes
 
+from .prompts import as_prompts, distinct_prompts
+
 __all__ = ['SampleVisualizationHook', 'figure_to_array', 'image_grid_figure', 'scatter_figure']
-
-#: Dataset items scanned for distinct prompts when none are configured.
-_MAX_SCAN = 100_000
-
 
 @HOOKS.register_module()
 class SampleVisualizationHook(Hook):
@@ -101,7 +99,7 @@ class SampleVisualizationHook(Hook):
         model.eval()
         try:
             with torch.no_grad():
-                samples = model.generate(_as_prompts(repeated), seed=self.seed).float().cpu()
+                samples = model.generate(as_prompts(repeated), seed=self.seed).float().cpu()
         finally:
             model.train(was_training)
         if not is_main_process():
@@ -120,26 +118,12 @@ class SampleVisualizationHook(Hook):
 
     def _prompts(self, runner: Any) -> list[Any]:
         if self.prompts is None:
-            dataset = runner.train_dataloader.dataset
-            found: list[Any] = []
-            for index in range(min(len(dataset), _MAX_SCAN)):
-                prompt = dataset[index]['prompt']
-                if prompt not in found:
-                    found.append(prompt)
-                if len(found) == self.num_prompts:
-                    break
+            found, _ = distinct_prompts(runner.train_dataloader.dataset, self.num_prompts)
             if not found:
                 raise ValueError('SampleVisualizationHook: the training dataset has no prompt; '
                                  'set prompts=[...]')
             self.prompts = found
         return self.prompts
-
-
-def _as_prompts(prompts: list[Any]) -> list[Any] | Tensor:
-    """Class ids as a tensor (the analytic world's prompts), text as a list."""
-    if all(isinstance(p, int) for p in prompts):
-        return torch.tensor(prompts, dtype=torch.long)
-    return prompts
 
 
 def scatter_figure(x: Tensor, labels: Sequence[int], names: Sequence[str], title: str) -> Any:
