@@ -44,6 +44,9 @@ def _train(config: str, work_dir: Path, options: list[str], monitors: bool = Tru
     if not monitors:
         cfg.custom_hooks = [h for h in cfg.custom_hooks if h.type != 'RewardHackingMonitorHook']
     cfg.work_dir = str(work_dir)
+    # mmengine names a run's visualizer by config file and second: two in-process runs of one
+    # config in the same second would share the first one's TensorBoard writer
+    cfg.experiment_name = f'{work_dir.parent.name}_{work_dir.name}'
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
