@@ -16,79 +16,33 @@ which training seed made the student. :func:`bootstrap_rows` resamples both:
 The point estimate is the statistic on the full data, averaged over runs; the interval is the
 percentile interval of the resamples. With three runs the run-level resampling is coarse (ten
 distinct multisets), which is why the table also reports the per-run range. The fidelity
-distance of a resample uses the eigenvalues of ``S_a S_b`` for ``tr (S_a S_b)^(1/2)`` (the
-product of two PSD matrices has real non-negative eigenvalues), which batches over resamples;
-it equals :func:`~rtdmd.evaluation.shapes_fidelity.frechet_distance` to rounding (tested).
-Duplicated prompts shrink a resample's covariance slightly, a known bias of bootstrapping a
-Frechet distance; the interval shows its spread, not an unbiased centre.
+distance of every resample comes from one batched call,
+:func:`~rtdmd.evaluation.shapes_fidelity.weighted_frechet_distances`, the formula
+``frechet_distance`` uses. Duplicated prompts shrink a resample's covariance slightly, a known
+bias of bootstrapping a Frechet distance; the interval shows its spread, not an unbiased centre.
 
-Per-image scores are kept by :func:`image_scores` and written per run as
-``<work_dir>/eval/scores.npz`` (:func:`save_scores`), so a table over seeds is computed from
-the runs' files without sampling again (``tools/shapes_table.py``).
+``scipy.stats.bootstrap`` (behind :func:`~rtdmd.evaluation.benchmark.bootstrap_ci`) resamples
+independent observations; it has no strata, clusters or a second, crossed level, so the draws
+are made here and only the statistics are vectorised.
+
+A run's per-model record (:data:`FIELDS`) holds, per image, its prompt index, tag and scores and
+its classifier features, and the reference renderings' prompt indices and features.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from rtdmd.rewards.geneval_rules import TAGS
-from rtdmd.utils.atomic import atomic_write_bytes
+
+from .shapes_fidelity import weighted_frechet_distances
 
 MEAN_COLUMNS = ('partial', 'soft', 'clean', 'geneval_accuracy')
 # What one model of one run keeps per image (N images, M reference renderings).
 FIELDS = ('prompt', 'tag', 'strict', *MEAN_COLUMNS, 'features', 'reference_prompt',
           'reference_features')
-
-
-def image_scores(prompt: np.ndarray, tags: Sequence[str], details: dict[str, Any],
-                 soft: np.ndarray, features: np.ndarray, reference_prompt: np.ndarray,
-                 reference_features: np.ndarray) -> dict[str, np.ndarray]:
-    """One model's per-image record (the :data:`FIELDS`) from the detector's details.
-
-    ``prompt`` ``(N,)`` is each image's prompt index, ``tags[prompt]`` its tag; ``strict`` is
-    the strict accuracy of the image's own tag.
-    """
-    tag_index = np.asarray([TAGS.index(t) for t in tags])
-    strict = np.full(len(prompt), np.nan)
-    for tag in TAGS:
-        values = np.asarray(details[f'strict_accuracy/{tag}'], dtype=np.float64)
-        strict = np.where(np.isnan(strict), values, strict)
-    return dict(prompt=np.asarray(prompt, dtype=np.int64), tag=tag_index,
-                strict=strict,
-                partial=np.asarray(details[''], dtype=np.float64),
-                soft=np.asarray(soft, dtype=np.float64),
-                clean=np.asarray(details['clean'], dtype=np.float64),
-                geneval_accuracy=np.asarray(details['accuracy'], dtype=np.float64),
-                features=np.asarray(features, dtype=np.float64),
-                reference_prompt=np.asarray(reference_prompt, dtype=np.int64),
-                reference_features=np.asarray(reference_features, dtype=np.float64))
-
-
-def save_scores(path: str, scores: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write ``{model: record}`` as one ``.npz`` (keys ``<model>/<field>``), atomically."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{f'{model}/{field}': record[field]
-                                   for model, record in scores.items() for field in FIELDS})
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_scores(path: str) -> dict[str, dict[str, np.ndarray]]:
-    """``{model: record}`` of a ``scores.npz``, models in their saved order."""
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            model, _, field = key.rpartition('/')
-            scores.setdefault(model, {})[field] = data[key]
-    for model, record in scores.items():
-        missing = set(FIELDS) - set(record)
-        if missing:
-            raise ValueError(f'{path}: model {model!r} lacks {sorted(missing)}; it was not '
-                             f'written by rtdmd.evaluation.shapes_bootstrap.save_scores')
-    return scores
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -98,25 +52,6 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     total = w.sum(1)
     with np.errstate(invalid='ignore', divide='ignore'):
         return np.where(total > 0, w @ values[valid] / np.where(total > 0, total, 1), np.nan)
-
-
-def _moments(features: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Means ``(B, D)`` and unbiased covariances ``(B, D, D)`` of weighted (repeated) rows."""
-    n = weights.sum(1, keepdims=True)
-    mean = weights @ features / n
-    second = np.einsum('bn,nd,ne->bde', weights, features, features)
-    cov = (second - n[:, :, None] * mean[:, :, None] * mean[:, None, :]) / (n[:, :, None] - 1)
-    return mean, cov
-
-
-def batched_frechet(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> np.ndarray:
-    """``(B,)`` Frechet distances between the weighted feature sets ``a`` and ``b``."""
-    mu_a, cov_a = _moments(a, wa)
-    mu_b, cov_b = _moments(b, wb)
-    eig = np.linalg.eigvals(cov_a @ cov_b).real
-    root_trace = np.sqrt(np.clip(eig, 0, None)).sum(-1)
-    return (((mu_a - mu_b) ** 2).sum(-1) + np.trace(cov_a, axis1=1, axis2=2)
-            + np.trace(cov_b, axis1=1, axis2=2) - 2 * root_trace)
 
 
 def run_statistics(record: dict[str, np.ndarray], prompt_counts: np.ndarray
@@ -136,8 +71,8 @@ def run_statistics(record: dict[str, np.ndarray], prompt_counts: np.ndarray
     for column in MEAN_COLUMNS:
         out[column] = _weighted_mean(record[column], weights)
     ref_weights = prompt_counts[:, record['reference_prompt']].astype(np.float64)
-    out['fidelity'] = batched_frechet(record['features'], weights,
-                                      record['reference_features'], ref_weights)
+    out['fidelity'] = weighted_frechet_distances(record['features'], weights,
+                                                 record['reference_features'], ref_weights)
     return out
 
 
@@ -180,6 +115,10 @@ def bootstrap_rows(runs: Sequence[dict[str, dict[str, np.ndarray]]], num_resampl
     for model in models:
         records = [run[model] for run in runs if model in run]
         for record in records:
+            missing = set(FIELDS) - set(record)
+            if missing:
+                raise ValueError(f'model {model!r}: a record lacks {sorted(missing)} '
+                                 f'(a record holds {", ".join(FIELDS)})')
             if not np.array_equal(prompt_tags[record['prompt']], record['tag']):
                 raise ValueError(f'model {model!r}: the runs do not share their prompts; '
                                  f'pool only runs of one held-out set')
@@ -200,5 +139,4 @@ def bootstrap_rows(runs: Sequence[dict[str, dict[str, np.ndarray]]], num_resampl
     return table
 
 
-__all__ = ['FIELDS', 'batched_frechet', 'bootstrap_rows', 'image_scores', 'load_scores',
-           'prompt_resamples', 'run_statistics', 'save_scores']
+__all__ = ['FIELDS', 'bootstrap_rows', 'prompt_resamples', 'run_statistics']

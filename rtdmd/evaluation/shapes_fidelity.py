@@ -7,8 +7,8 @@ it holds (15 heads of 0-4) and which colour dominates each cell of a 4 x 4 grid,
 image was corrupted after rendering (:func:`corrupt`: noise, blur, colour shift, contrast loss;
 without this head the features are blind to texture, as a scene classifier should be). Its
 penultimate features (``feature_dim``) describe an image; :func:`frechet_distance` compares the
-Gaussian fits of two feature sets (FID's formula, ``scipy.linalg.sqrtm`` for the matrix square
-root).
+Gaussian fits of two feature sets (FID's formula; :func:`weighted_frechet_distances` computes it
+for many resamples of the two sets at once, the bootstrap's case).
 
 The reference is always a set of renderings (exact samples of the world) for the same prompts,
 so the distance measures how far generated images are from the world itself, not from another
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import Tensor, nn
 
 from rtdmd.datasets.shapes_prompts import scene_for
@@ -152,23 +151,39 @@ def load_feature_net(path: str | None = None) -> ShapesFeatureNet:
     return net.eval().requires_grad_(False)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance of the Gaussian fits of feature sets ``(N, D)`` and ``(M, D)``.
+def _moments(features: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Means ``(B, D)`` and unbiased covariances ``(B, D, D)`` of rows repeated by ``weights``."""
+    n = weights.sum(1, keepdims=True)
+    mean = weights @ features / n
+    second = np.einsum('bn,nd,ne->bde', weights, features, features)
+    cov = (second - n[:, :, None] * mean[:, :, None] * mean[:, None, :]) / (n[:, :, None] - 1)
+    return mean, cov
 
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``; the square root's tiny imaginary
-    part (numerical) is dropped, and a singular product is regularised as in FID's reference
-    code (``1e-6 I`` added to both covariances).
+
+def weighted_frechet_distances(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray
+                               ) -> np.ndarray:
+    """``(B,)`` Frechet distances of the Gaussian fits of ``a`` and ``b``, rows repeated.
+
+    ``a`` ``(N, D)`` and ``b`` ``(M, D)`` are feature sets, ``wa`` ``(B, N)`` and ``wb``
+    ``(B, M)`` how often each row counts in each of ``B`` pairs (a bootstrap resample's
+    counts; all ones for the sets themselves). ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a
+    S_b)^(1/2))``, with the trace of the root from the eigenvalues of ``S_a S_b``: the product
+    of two PSD matrices has real non-negative eigenvalues (rounding's tiny negative or
+    imaginary parts are dropped), which also holds for a singular product and batches over B.
     """
+    mu_a, cov_a = _moments(a, wa)
+    mu_b, cov_b = _moments(b, wb)
+    root_trace = np.sqrt(np.clip(np.linalg.eigvals(cov_a @ cov_b).real, 0, None)).sum(-1)
+    return (((mu_a - mu_b) ** 2).sum(-1) + np.trace(cov_a, axis1=1, axis2=2)
+            + np.trace(cov_b, axis1=1, axis2=2) - 2 * root_trace)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance of the Gaussian fits of feature sets ``(N, D)`` and ``(M, D)``."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f'need two (N >= 2, D) feature sets, got {a.shape} and {b.shape}')
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():
-        eye = np.eye(a.shape[1]) * 1e-6
-        root = linalg.sqrtm((cov_a + eye) @ (cov_b + eye))
-    root = np.real(root)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    return float(weighted_frechet_distances(a, np.ones((1, len(a))), b,
+                                            np.ones((1, len(b))))[0])
 
 
 @torch.no_grad()
@@ -201,4 +216,5 @@ def fidelity_distance(images: Tensor, metadata: Sequence[dict[str, Any]],
 
 __all__ = ['CORRUPTIONS', 'ShapesFeatureNet', 'corrupt', 'embed', 'feature_targets',
            'fidelity_distance',
-           'frechet_distance', 'load_feature_net', 'render_references', 'save_feature_net']
+           'frechet_distance', 'load_feature_net', 'render_references', 'save_feature_net',
+           'weighted_frechet_distances']

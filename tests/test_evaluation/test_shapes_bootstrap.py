@@ -1,17 +1,13 @@
-"""Bootstrap intervals of the shapes table: the batched Frechet distance equals the reference
-one, the full-data statistic is the point estimate, and the intervals behave as intervals."""
+"""Bootstrap intervals of the shapes table: the batched Frechet distance equals FID's sqrtm
+formula, the full-data statistic is the point estimate, and the intervals behave as intervals."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import linalg
 
-from rtdmd.evaluation.shapes_bootstrap import (
-    batched_frechet,
-    bootstrap_rows,
-    prompt_resamples,
-    run_statistics,
-)
-from rtdmd.evaluation.shapes_fidelity import frechet_distance
+from rtdmd.evaluation.shapes_bootstrap import bootstrap_rows, prompt_resamples, run_statistics
+from rtdmd.evaluation.shapes_fidelity import frechet_distance, weighted_frechet_distances
 from rtdmd.rewards.geneval_rules import TAGS
 
 
@@ -30,14 +26,22 @@ def _record(rng: np.random.Generator, p_correct: float, shift: float, per_tag: i
                 reference_features=rng.normal(size=(len(ref_prompt), 5)))
 
 
+def _fid_sqrtm(a: np.ndarray, b: np.ndarray) -> float:
+    """FID's reference formula, with ``scipy.linalg.sqrtm`` for the matrix root."""
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = np.real(linalg.sqrtm(cov_a @ cov_b))
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
 def test_batched_frechet_equals_reference_with_repeats() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(30, 4)), rng.normal(size=(40, 4)) + 0.5
     wa, wb = rng.integers(0, 3, size=(3, 30)), rng.integers(0, 3, size=(3, 40))
-    got = batched_frechet(a, wa.astype(float), b, wb.astype(float))
+    got = weighted_frechet_distances(a, wa.astype(float), b, wb.astype(float))
     for k in range(3):
-        expected = frechet_distance(np.repeat(a, wa[k], 0), np.repeat(b, wb[k], 0))
+        expected = _fid_sqrtm(np.repeat(a, wa[k], 0), np.repeat(b, wb[k], 0))
         assert np.isclose(got[k], expected, rtol=1e-6, atol=1e-9)
+    assert np.isclose(frechet_distance(a, b), _fid_sqrtm(a, b), rtol=1e-6, atol=1e-9)
 
 
 def test_resamples_keep_each_tag_weight() -> None:
