@@ -4,7 +4,10 @@
 table: strict accuracy per GenEval tag and overall (the mean of the six tag accuracies, as
 GenEval averages its tasks), GenEval accuracy, Flow-GRPO's partial score, the soft reward, the
 fidelity distance to renderings of the same prompts, and the clean fraction. Every figure but
-the distance is a mean over images, reported with its standard error.
+the distance is a mean over images, reported with its standard error. :func:`score_record`
+keeps what the figures are made of, per image (scores, classifier features, the reference
+renderings' features), for :mod:`~rtdmd.evaluation.shapes_bootstrap`'s intervals;
+:func:`summarise_record` computes the figures from it with the bootstrap's own statistics.
 
 :func:`teacher_samples` samples a teacher folder (a diffusers pipeline written by the teacher
 config) through its backbone's teacher role with the Euler sampler, per-sample seeded
@@ -19,25 +22,70 @@ import os.path as osp
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from rtdmd.models.samplers.cps import EulerSampler
 from rtdmd.models.teachers.base import BACKBONE_RECORD
+from rtdmd.rewards.base import MAIN_SCORE
 from rtdmd.rewards.geneval_rules import TAGS
 from rtdmd.rewards.shapes import ShapesGenEvalReward, ShapesSoftReward
 
 from .generators import sample_per_seed
-from .shapes_fidelity import ShapesFeatureNet, fidelity_distance, load_feature_net
+from .shapes_bootstrap import MEAN_COLUMNS, run_statistics
+from .shapes_fidelity import ShapesFeatureNet, embed, load_feature_net, render_references
 
 
-def _mean_se(values: Tensor) -> tuple[float, float]:
-    values = values[~values.isnan()]
-    n = values.numel()
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    n = values.size
     if n == 0:
         return math.nan, math.nan
-    se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
+    se = float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
     return float(values.mean()), se
+
+
+def score_record(images: Tensor, metadata: Sequence[dict[str, Any]],
+                 prompt_index: Sequence[int] | None = None, net: ShapesFeatureNet | None = None,
+                 reference_seed: int = 0, copies: int = 4) -> dict[str, np.ndarray]:
+    """Per-image scores and features of ``images`` ``(N, 3, 32, 32)`` in [0, 1].
+
+    The record of :data:`~rtdmd.evaluation.shapes_bootstrap.FIELDS`: image ``i`` shows prompt
+    ``prompt_index[i]`` (default: its own); ``copies`` renderings of each entry of
+    ``metadata`` are the fidelity reference (rendering ``j`` of entry ``i`` seeded
+    ``[reference_seed, j, i]``, :func:`render_references`), each tagged with its prompt.
+    """
+    details = ShapesGenEvalReward().score_details(images, None, metadata)
+    soft = ShapesSoftReward()(images, None, metadata)
+    net = net or load_feature_net()
+    prompt = np.arange(len(metadata)) if prompt_index is None else np.asarray(prompt_index)
+    if prompt.shape != (len(metadata),):
+        raise ValueError(f'prompt_index: one prompt per image ({len(metadata)}), got '
+                         f'{prompt.shape}')
+    reference = render_references(metadata, reference_seed, copies)
+    numpy = {k: v.detach().double().cpu().numpy() for k, v in details.items()}
+    return dict(prompt=prompt, tag=np.array([TAGS.index(m['tag']) for m in metadata]),
+                strict=numpy['strict_accuracy'], partial=numpy[MAIN_SCORE],
+                soft=soft.detach().double().cpu().numpy(), clean=numpy['clean'],
+                geneval_accuracy=numpy['accuracy'], features=embed(net, images),
+                reference_prompt=np.tile(prompt, copies), reference_features=embed(net, reference))
+
+
+def summarise_record(record: dict[str, np.ndarray]) -> dict[str, float]:
+    """The table's figures of one record: every column of
+    :func:`~rtdmd.evaluation.shapes_bootstrap.run_statistics` on the full set, with standard
+    errors over images (``<column>_se``) and the images per tag (``n/<tag>``)."""
+    full = np.ones((1, int(record['prompt'].max()) + 1), dtype=np.int64)
+    out = {column: float(values[0]) for column, values in run_statistics(record, full).items()}
+    for i, tag in enumerate(TAGS):
+        if f'strict/{tag}' in out:
+            mask = record['tag'] == i
+            out[f'strict/{tag}_se'] = _mean_se(record['strict'][mask])[1]
+            out[f'n/{tag}'] = int(mask.sum())
+    for column in MEAN_COLUMNS:
+        out[f'{column}_se'] = _mean_se(record[column])[1]
+    return out
 
 
 def score_images(images: Tensor, metadata: Sequence[dict[str, Any]],
@@ -49,23 +97,8 @@ def score_images(images: Tensor, metadata: Sequence[dict[str, Any]],
     tags present), ``geneval_accuracy``, ``partial``, ``soft``, ``clean`` (each with ``_se``)
     and ``fidelity`` (Frechet distance to 4 renderings per prompt).
     """
-    details = ShapesGenEvalReward().score_details(images, None, metadata)
-    soft = ShapesSoftReward()(images, None, metadata)
-    out: dict[str, float] = {}
-    tag_means = []
-    for tag in TAGS:
-        values = details[f'strict_accuracy/{tag}']
-        n = int((~values.isnan()).sum())
-        if n:
-            out[f'strict/{tag}'], out[f'strict/{tag}_se'] = _mean_se(values)
-            out[f'n/{tag}'] = n
-            tag_means.append(out[f'strict/{tag}'])
-    out['strict'] = sum(tag_means) / len(tag_means)
-    for key, values in (('geneval_accuracy', details['accuracy']), ('partial', details['']),
-                        ('soft', soft.detach()), ('clean', details['clean'])):
-        out[key], out[f'{key}_se'] = _mean_se(values.float())
-    out['fidelity'] = fidelity_distance(images, metadata, net, seed=reference_seed)
-    return out
+    return summarise_record(score_record(images, metadata, net=net,
+                                         reference_seed=reference_seed))
 
 
 def teacher_backbone_cfg(folder: str, **overrides: Any) -> dict[str, Any]:
@@ -93,5 +126,5 @@ def teacher_samples(backbone: torch.nn.Module, prompts: Sequence[str], seeds: Se
     return torch.cat(chunks)
 
 
-__all__ = ['BACKBONE_RECORD', 'load_feature_net', 'score_images', 'teacher_backbone_cfg',
-           'teacher_samples']
+__all__ = ['BACKBONE_RECORD', 'load_feature_net', 'score_images', 'score_record',
+           'summarise_record', 'teacher_backbone_cfg', 'teacher_samples']

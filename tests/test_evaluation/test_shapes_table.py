@@ -14,12 +14,19 @@ from rtdmd.datasets.shapes import ShapesPromptDataset
 from rtdmd.datasets.shapes_prompts import scene_for
 from rtdmd.datasets.shapes_world import BACKGROUND, render
 from rtdmd.datasets.text_prompts import load_benchmark
+from rtdmd.evaluation.shapes_bootstrap import FIELDS
+from rtdmd.evaluation.shapes_fidelity import fidelity_distance, load_feature_net
+from rtdmd.evaluation.shapes_report import score_record, summarise_record
 from rtdmd.evaluation.shapes_table import (
     SHAPES_EVALUATION_DEFAULTS,
     check_shapes_evaluation,
     evaluate_shapes_models,
+    find_scores,
+    load_scores,
+    pooled_table,
 )
 from rtdmd.rewards.geneval_rules import TAGS
+from rtdmd.rewards.shapes import ShapesGenEvalReward
 
 
 def test_shipped_benchmark_is_the_held_out_split_16_per_tag() -> None:
@@ -80,8 +87,49 @@ def test_world_renderer_scores_one_and_blank_scores_zero(tmp_path: Path) -> None
     assert saved['world']['strict'] == 1.0 and saved['_settings']['seeds'] == [0, 3]
     table = (tmp_path / 'table.md').read_text().splitlines()
     assert table[0].startswith('| model | nfe | strict/single_object')
-    assert table[2].startswith('| world | 4 | 1.000 ± 0.000')
+    # A renderer of the world scores 1 on every resample of the prompts: a degenerate interval.
+    assert table[2].startswith('| world | 4 | 1.000 [1.000, 1.000]')
+    for model in ('world', 'blank'):
+        for column in ('strict', 'partial', 'soft', 'fidelity', 'clean'):
+            m = metrics[model]
+            assert m[f'{column}_low'] <= m[column] <= m[f'{column}_high'], (model, column)
     assert (tmp_path / 'grid.png').is_file()
+
+    # The per-image scores come back as written; pooling one run reproduces its figures.
+    records, nfe = load_scores(str(tmp_path / 'scores.npz'))
+    assert list(records) == ['world', 'blank'] and nfe == {'world': 4, 'blank': 8}
+    assert set(records['world']) == set(FIELDS)
+    assert list(records['world']['prompt']) == list(range(n)) * 2
+    assert summarise_record(records['world'])['fidelity'] == pytest.approx(world_m['fidelity'])
+    pooled = pooled_table(find_scores([str(tmp_path)]), num_resamples=50)
+    assert pooled.splitlines()[2].startswith('| world | 4 | 1.000 [1.000, 1.000]')
+    assert '| blank | 1 | 0.000 - 0.000 |' in pooled
+
+
+def test_record_figures_match_an_independent_computation() -> None:
+    """summarise_record's figures (the bootstrap's statistics on the full set) equal the
+    reward's own means and the reference Frechet distance of shapes_fidelity."""
+    data = ShapesPromptDataset('heldout', per_tag=3)
+    metadata = [it['metadata'] for it in data.items]
+    rng = np.random.default_rng(0)
+    scenes = [scene_for(m, np.random.default_rng([9, i])) for i, m in enumerate(metadata)]
+    images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2) / 255
+    # Perturb some images so that the scores vary: noise on half of them, blanks on a few.
+    images[::2] = (images[::2] + 0.25 * torch.from_numpy(rng.normal(size=images[::2].shape))
+                   ).clamp(0, 1).float()
+    images[1::5] = torch.tensor(BACKGROUND).view(1, 3, 1, 1) / 255
+    net = load_feature_net()
+    figures = summarise_record(score_record(images, metadata, net=net))
+    details = ShapesGenEvalReward().score_details(images, None, metadata)
+    for tag in TAGS:
+        assert figures[f'strict/{tag}'] == pytest.approx(
+            float(details[f'strict_accuracy/{tag}'].nanmean()))
+    assert figures['strict'] == pytest.approx(np.mean([figures[f'strict/{t}'] for t in TAGS]))
+    assert figures['partial'] == pytest.approx(float(details[''].mean()))
+    assert figures['clean'] == pytest.approx(float(details['clean'].mean()))
+    assert 0 < figures['clean'] < 1
+    assert figures['fidelity'] == pytest.approx(fidelity_distance(images, metadata, net, seed=0),
+                                                rel=1e-6)
 
 
 @pytest.mark.parametrize('bad', [dict(per_tag=0), dict(seeds=[])])

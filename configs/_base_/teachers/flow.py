@@ -9,14 +9,15 @@ model = dict(family='${family}', type='ShapesFlowTeacher', cfg_dropout=0.1,
 optim_wrapper = dict(type='NonFiniteGuardOptimWrapper',
                      optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01),
                      clip_grad=dict(max_norm=1.0))
-# Linear warm-up over the first 7 % of the default run, under a cosine decay to 1 % (plain
-# schedulers: their state is tensors and numbers, as the safe checkpoint format requires).
+# Linear warm-up over the first 140 steps, under a cosine decay to 1 % (plain schedulers: their
+# state is tensors and numbers, as the safe checkpoint format requires).
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.04, begin=0, end=140, by_epoch=False),
     dict(type='CosineAnnealingLR', eta_min=1e-5, begin=0,
          end='${train_cfg.max_iters}', by_epoch=False),
 ]
-# 2000 steps of 32 images (the leaves set the batch): what 2 shared cores afford
-# (tools/benchmark_shapes_teacher.py prints the cost per stage).
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=2000)
+# 6000 steps of 32 images (the leaves set the batch): what 30 minutes on 2 free cores afford with
+# OMP_NUM_THREADS=2 (tools/benchmark_shapes_teacher.py prints the cost per stage; 2000 steps left
+# the teacher step-limited: it drew a third as many prompts right).
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=6000)
 custom_hooks = [dict(type='ExportWeightsHook', out_dir='teacher')]
