@@ -74,7 +74,7 @@ def test_both_stages_train_from_the_shipped_teacher_and_the_table_is_scored(
         m = metrics[row]
         assert 0 <= m['strict'] <= 1 and 0 <= m['partial'] <= 1 and 0 <= m['clean'] <= 1
         assert 0 <= m['soft'] <= 1 and math.isfinite(m['fidelity']) and m['fidelity'] >= 0
-    assert (work / 'eval' / 'grid.png').is_file()
+    assert (work / 'eval' / 'grid.png').is_file() and (work / 'eval' / 'scores.npz').is_file()
     assert '| ac_dmd | 4 |' in (work / 'eval' / 'table.md').read_text()
 
 
