@@ -136,15 +136,19 @@ def load_scores(path: str) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, 
     return records, nfe
 
 
+def _number(col: str, value: float) -> str:
+    return f'{value:.1f}' if col == 'fidelity' else f'{value:.3f}'  # a distance, or a rate
+
+
 def _cell(m: dict[str, float], col: str) -> str:
     if col not in m:
         return '-'
     if col == 'nfe':
         return str(int(m[col]))
-    digits = 1 if col == 'fidelity' else 3
     if f'{col}_low' in m:
-        return f'{m[col]:.{digits}f} [{m[f"{col}_low"]:.{digits}f}, {m[f"{col}_high"]:.{digits}f}]'
-    return f'{m[col]:.{digits}f}'
+        return (f'{_number(col, m[col])} [{_number(col, m[f"{col}_low"])}, '
+                f'{_number(col, m[f"{col}_high"])}]')
+    return _number(col, m[col])
 
 
 def format_shapes_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -204,9 +208,8 @@ def pooled_table(paths: Sequence[str], num_resamples: int = 1000, confidence: fl
     spread = ['| model | runs | ' + ' | '.join(spread_cols) + ' |',
               '|---' * (len(spread_cols) + 2) + '|']
     for name, row in rows.items():
-        digits = {c: 1 if c == 'fidelity' else 3 for c in spread_cols}
         spread.append(f'| {name} | {row["strict"]["runs"]} | ' + ' | '.join(
-            f'{row[c]["run_min"]:.{digits[c]}f} - {row[c]["run_max"]:.{digits[c]}f}'
+            f'{_number(c, row[c]["run_min"])} - {_number(c, row[c]["run_max"])}'
             for c in spread_cols) + ' |')
     return (format_shapes_table(metrics) + f'\n\n{len(paths)} runs; mean over runs '
             f'[{confidence:.0%} bootstrap interval over prompts and runs].\n\n'
