@@ -2,7 +2,7 @@
 # KL(p_theta || p_teacher exp(beta r)) has no explicit beta: the ratio of the reward terms'
 # weights to the DM weight sets it (the release weighs its AC-DMD term 0.001 against PPO's 1).
 # Stage 2 of the example (RTDMD from the same stage-1 checkpoint at every point: one seed, the
-# same stage-1 run) with the DM weight at x1, x1/10 and x1/100 of the example's 1.0; the GRPO
+# same stage-1 run) with the DM weight at 1.0, 0.1 and 0.01 (the example's default); the GRPO
 # and BP weights stay 1.0 and 0.1, so beta grows 10x per point.
 sweep = dict(
     config='../rtdmd/shapes_4step.py',

@@ -14,10 +14,13 @@ _base_ = [
 train_rewards = dict(geneval=dict(scorer=dict(type='ShapesGenEvalReward'), weight=1.0),
                      soft=dict(scorer=dict(type='ShapesSoftReward'), weight=1.0))
 # K = 8 samples per prompt, 4 prompts per epoch; teacher CFG 4.0 in the final-step AC-DMD term.
-# Toy-scale weights and rates, as the analytic world's stage 2 (the release's 1e-3 / 1e-4 /
-# 3e-6 are for LoRA on DiTs of billions of parameters).
+# The DM weight sets the reward tilt beta (its ratio to the reward terms'): 0.01 against GRPO's
+# 1.0, near the release's 0.001 against PPO's 1. At 1.0 the DM term holds RTDMD at AC-DMD's
+# accuracy or below (configs/ablations/shapes_beta.py; docs/shapes_world.md). Toy-scale rates,
+# as the analytic world's stage 2 (the release's 3e-6 is for LoRA on DiTs of billions of
+# parameters).
 model = dict(group_size=8, rewards='${train_rewards}',
-             matching=dict(teacher_guidance=4.0, dmd_loss=dict(loss_weight=1.0)),
+             matching=dict(teacher_guidance=4.0, dmd_loss=dict(loss_weight=0.01)),
              terms=dict(policy=dict(loss_weight=1.0), bp=dict(loss_weight=0.1)))
 optim_wrapper = dict(generator=dict(optimizer=dict(lr=2e-4, weight_decay=0.0)),
                      fake_score=dict(optimizer=dict(lr=3e-4)))
