@@ -155,7 +155,7 @@ def _moments(features: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.
     """Means ``(B, D)`` and unbiased covariances ``(B, D, D)`` of rows repeated by ``weights``."""
     n = weights.sum(1, keepdims=True)
     mean = weights @ features / n
-    second = np.einsum('bn,nd,ne->bde', weights, features, features)
+    second = np.einsum('bn,nd,ne->bde', weights, features, features, optimize=True)  # BLAS
     cov = (second - n[:, :, None] * mean[:, :, None] * mean[:, None, :]) / (n[:, :, None] - 1)
     return mean, cov
 
