@@ -64,11 +64,11 @@ def score_record(images: Tensor, metadata: Sequence[dict[str, Any]],
         raise ValueError(f'prompt_index: one prompt per image ({len(metadata)}), got '
                          f'{prompt.shape}')
     reference = render_references(metadata, reference_seed, copies)
-    numpy = {k: v.detach().double().cpu().numpy() for k, v in details.items()}
+    scores = {k: v.detach().double().cpu().numpy() for k, v in details.items()}
     return dict(prompt=prompt, tag=np.array([TAGS.index(m['tag']) for m in metadata]),
-                strict=numpy['strict_accuracy'], partial=numpy[MAIN_SCORE],
-                soft=soft.detach().double().cpu().numpy(), clean=numpy['clean'],
-                geneval_accuracy=numpy['accuracy'], features=embed(net, images),
+                strict=scores['strict_accuracy'], partial=scores[MAIN_SCORE],
+                soft=soft.detach().double().cpu().numpy(), clean=scores['clean'],
+                geneval_accuracy=scores['accuracy'], features=embed(net, images),
                 reference_prompt=np.tile(prompt, copies), reference_features=embed(net, reference))
 
 

@@ -102,12 +102,17 @@ def evaluate_shapes_models(samplers: dict[str, tuple[Callable, int]], settings: 
         grid.append(images[:len(prompts)][::int(settings['per_tag'])])
         print_log(f'evaluation: {name}: strict {metrics[name]["strict"]:.3f}', logger='current')
     for name, row in bootstrap_rows([records], int(settings['bootstrap'])).items():
-        for column, cell in row.items():
-            metrics[name].update({f'{column}_low': cell['low'], f'{column}_high': cell['high']})
+        metrics[name].update(_interval_ends(row))
     os.makedirs(out_dir, exist_ok=True)
     save_scores(osp.join(out_dir, 'scores.npz'), records, {n: m['nfe'] for n, m in metrics.items()})
     write_table(out_dir, metrics, settings, grid)
     return metrics
+
+
+def _interval_ends(row: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``<column>_low`` and ``<column>_high`` of a :func:`bootstrap_rows` row, as the table
+    reads them."""
+    return {f'{c}_{end}': cell[end] for c, cell in row.items() for end in ('low', 'high')}
 
 
 def save_scores(path: str, records: dict[str, dict[str, np.ndarray]], nfe: dict[str, int]
@@ -201,9 +206,7 @@ def pooled_table(paths: Sequence[str], num_resamples: int = 1000, confidence: fl
     nfe = {name: n for _, table in loaded for name, n in table.items()}
     rows = bootstrap_rows(runs, num_resamples, confidence, seed)
     metrics = {name: {'nfe': nfe[name], **{c: v['mean'] for c, v in row.items()},
-                      **{f'{c}_low': v['low'] for c, v in row.items()},
-                      **{f'{c}_high': v['high'] for c, v in row.items()}}
-               for name, row in rows.items()}
+                      **_interval_ends(row)} for name, row in rows.items()}
     spread_cols = ('strict', 'partial', 'soft', 'fidelity', 'clean')
     spread = ['| model | runs | ' + ' | '.join(spread_cols) + ' |',
               '|---' * (len(spread_cols) + 2) + '|']
