@@ -22,7 +22,7 @@ from tabulate import tabulate
 from rtdmd.engine.hooks.monitors import THRESHOLD_DEFAULTS
 
 COLUMNS = ('drift', 'diversity_ratio', 'x0_norm_ratio', 'saturation_shift', 'brightness_shift',
-           'reward_gap', 'reward_train', 'firing')
+           'edge_energy_ratio', 'rare_colour_shift', 'reward_gap', 'reward_train', 'firing')
 
 
 def read_traces(stage_dir: str) -> dict[int, dict[str, float]]:

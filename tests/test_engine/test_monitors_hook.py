@@ -175,16 +175,32 @@ def test_monitor_warning_names_the_monitor_value_and_threshold(toy_runs: tuple,
     values = dict(drift=2.5, diversity_ratio=0.9, x0_norm_ratio=0.5, x0_rms=1.0)
     logger = runner.logger  # an MMLogger: not in logging's registry, caplog needs its handler
     logger.addHandler(caplog.handler)
+    hook.streaks, patience = {}, hook.patience
+    assert patience == 2  # the default: two probes in a row past a threshold
     try:
+        hook._log(runner, 5, values)  # past two thresholds once: counted, not yet a warning
+        assert hook.history[-1]['crossing'] == 2.0 and hook.history[-1]['firing'] == 0.0
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+        hook._log(runner, 6, {**values, 'drift': 0.1})  # drift back: its count starts over
         hook._log(runner, 7, values)
+        hook._log(runner, 8, {**values, 'x0_norm_ratio': float('nan')})
     finally:
         logger.removeHandler(caplog.handler)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and hook.history[-1]['firing'] == 2.0
-    assert warnings[0].startswith('reward-hacking monitor drift = 2.5 at epoch 7, threshold > 0.5 '
-                                  '(thresholds.drift): ')
-    assert "leaving the teacher's support" in warnings[0]
-    assert 'x0_norm_ratio = 0.5' in warnings[1] and 'outside [0.667, 1.5]' in warnings[1]
+    assert [h['firing'] for h in hook.history[-3:]] == [1.0, 1.0, 2.0]
+    assert hook.streaks == {'drift': 2, 'x0_norm_ratio': 4}
+    assert 'x0_norm_ratio = 0.5' in warnings[0] and 'outside [0.667, 1.5]' in warnings[0]
+    assert warnings[0].endswith('(thresholds.x0_norm), 2 probes in a row: the size of the final '
+                                'latents changed: outputs drifting off the data manifold '
+                                '(blown-out or washed-out samples)')
+    assert len(warnings) == 4 and 'at epoch 6' in warnings[0]
+    assert warnings[1].startswith('reward-hacking monitor x0_norm_ratio = 0.5 at epoch 7, '
+                                  'threshold outside [0.667, 1.5] (thresholds.x0_norm), '
+                                  '3 probes in a row: ')
+    assert warnings[2].startswith('reward-hacking monitor drift = 2.5 at epoch 8, threshold > 0.5 '
+                                  '(thresholds.drift), 2 probes in a row: ')
+    assert "leaving the teacher's support" in warnings[2]
+    assert warnings[3].startswith('reward-hacking monitor x0_norm_ratio = nan at epoch 8')
 
 
 def test_thresholds_are_validated_with_the_key_named() -> None:
@@ -195,6 +211,10 @@ def test_thresholds_are_validated_with_the_key_named() -> None:
         check_thresholds(dict(diversity=2.0))
     with pytest.raises(ValueError, match=r'thresholds.x0_norm must be a number in \(1, inf\]'):
         check_thresholds(dict(x0_norm=0.5))
+    with pytest.raises(ValueError, match=r'thresholds.edge_energy must be a number in \(1, inf'):
+        check_thresholds(dict(edge_energy=0.9))
+    with pytest.raises(ValueError, match=r'thresholds.rare_colour must be a number in \(0, 1\]'):
+        check_thresholds(dict(rare_colour=1.5))
     with pytest.raises(ValueError, match='heldout_prompts must be'):
         RewardHackingMonitorHook(heldout_prompts='held')
     # The config loader names a mistyped key before anything is built.
@@ -215,7 +235,8 @@ def test_shapes_images_monitors_and_a_saturated_generator(tmp_path: Path,
         f'{MONITOR}.num_prompts=2', f'{MONITOR}.samples_per_prompt=3'])
     hook, backbone = _hook(runner), runner.model.backbone
     scalars = _scalars(tmp_path / 'work')
-    for name in ('saturation_shift', 'brightness_shift', 'reward_gap', 'reward_heldout'):
+    for name in ('saturation_shift', 'brightness_shift', 'edge_energy_ratio', 'rare_colour_shift',
+                 'colour_shift', 'reward_gap', 'reward_heldout'):
         events = scalars[f'monitor/{name}']
         assert [e.step for e in events] == [0, 1]
         assert all(torch.isfinite(torch.tensor(e.value)) for e in events)
@@ -229,6 +250,16 @@ def test_shapes_images_monitors_and_a_saturated_generator(tmp_path: Path,
     monkeypatch.setattr(backbone, 'predict_velocity', _hacked(
         backbone, lambda x0: z_red.expand_as(x0)))
     assert {'saturation_shift', 'brightness_shift'} <= _firing(hook, runner)
+    # Streaked: the background crossed by bands of an off-palette cyan (the shapes world's
+    # GRPO-only hack, exaggerated; bands of 3 px, as the VAE smooths 1-px lines to grey).
+    streaks = torch.tensor([235, 235, 235]).div(255).view(1, 3, 1, 1).repeat(1, 1, 32, 32)
+    for row in range(2, 32, 8):
+        streaks[..., row:row + 3, :] = torch.tensor([40, 210, 210]).div(255).view(1, 3, 1, 1)
+    with torch.no_grad():
+        z_streaks = backbone.encode_images(streaks)
+    monkeypatch.setattr(backbone, 'predict_velocity', _hacked(
+        backbone, lambda x0: z_streaks.expand_as(x0)))
+    assert {'edge_energy_ratio', 'rare_colour_shift'} <= _firing(hook, runner)
 
 
 # ----------------------------------------------------------------------------------- tiny SD3

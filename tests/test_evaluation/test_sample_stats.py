@@ -10,10 +10,14 @@ from matplotlib.colors import rgb_to_hsv
 
 from rtdmd.evaluation.sample_stats import (
     brightness,
+    colour_histogram,
+    edge_energy,
     energy_distance,
     mean_pairwise_distance,
+    rare_colour_mass,
     rms_norm,
     saturation,
+    total_variation,
 )
 
 
@@ -66,3 +70,62 @@ def test_saturation_and_brightness_match_hsv_and_luma() -> None:
     assert float(brightness(grey)) == pytest.approx(235 / 255, rel=1e-6)
     assert float(brightness(red)) == pytest.approx(0.299)
     assert float(saturation(torch.zeros(1, 3, 2, 2))) == 0.0  # black: no hue, no saturation
+
+
+def test_colour_histogram_matches_numpy_histogramdd() -> None:
+    """Each image's joint RGB histogram is numpy's ``histogramdd`` over its pixels on the same
+    equal bins (the top edge closed), normalised; pixel order does not change it."""
+    rng = np.random.default_rng(0)
+    images = torch.tensor(rng.random((3, 3, 9, 7)))
+    images[0, :, :2] = 1.0  # the top edge falls into the last bin
+    got = colour_histogram(images, levels=4).double()
+    for n in range(3):
+        pixels = images[n].flatten(1).T.numpy()
+        want, _ = np.histogramdd(pixels, bins=[np.linspace(0, 1, 5)] * 3)
+        np.testing.assert_allclose(got[n].numpy(), want.ravel() / pixels.shape[0], atol=1e-6)
+    shuffled = images.flatten(2)[..., torch.randperm(63)].view_as(images)
+    assert torch.allclose(colour_histogram(shuffled, levels=4), got.float())
+    with pytest.raises(ValueError, match='levels'):
+        colour_histogram(images, levels=1)
+
+
+def test_total_variation_and_rare_colour_mass() -> None:
+    """Total variation is half scipy's city-block distance: 0 for equal histograms, 1 for
+    disjoint ones, symmetric. The rare-colour mass counts only the bins the reference holds
+    below the rarity, so moving mass between the reference's own colours costs nothing."""
+    from scipy.spatial.distance import cityblock
+
+    rng = np.random.default_rng(1)
+    p, q = rng.dirichlet(np.ones(16), size=2)
+    tp, tq = torch.tensor(p), torch.tensor(q)
+    assert float(total_variation(tp, tq)) == pytest.approx(cityblock(p, q) / 2, rel=1e-6)
+    assert float(total_variation(tp, tq)) == pytest.approx(float(total_variation(tq, tp)))
+    assert float(total_variation(tp, tp)) == 0.0
+    assert float(total_variation(torch.eye(4)[0], torch.eye(4)[1])) == 1.0
+
+    reference = torch.tensor([0.5, 0.4999, 0.0001, 0.0])
+    assert float(rare_colour_mass(torch.tensor([0.1, 0.9, 0.0, 0.0]), reference)) == 0.0
+    assert float(rare_colour_mass(torch.tensor([0.6, 0.1, 0.2, 0.1]), reference)) == \
+        pytest.approx(0.3)
+    rows = torch.tensor(rng.dirichlet(np.ones(4), size=5))
+    want = (rows.numpy() * (reference.numpy() < 1e-3)).sum(1)
+    np.testing.assert_allclose(rare_colour_mass(rows, reference).numpy(), want, rtol=1e-6)
+    with pytest.raises(ValueError, match='rarity'):
+        rare_colour_mass(rows, reference, rarity=1.0)
+
+
+def test_edge_energy_matches_numpy_and_scales_with_contrast() -> None:
+    """The mean absolute neighbour difference is numpy's ``diff`` along both axes; a flat image
+    has none, a transposed one the same, and halving the contrast about grey halves it."""
+    rng = np.random.default_rng(2)
+    images = torch.tensor(rng.random((2, 3, 6, 5)))
+    for n in range(2):
+        x = images[n].numpy()
+        want = (np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
+        assert float(edge_energy(images)[n]) == pytest.approx(want, rel=1e-6)
+    assert torch.equal(edge_energy(torch.full((1, 3, 4, 4), 0.7)), torch.zeros(1))
+    assert torch.allclose(edge_energy(images.transpose(2, 3)), edge_energy(images))
+    assert torch.allclose(edge_energy(0.5 + (images - 0.5) / 2), edge_energy(images) / 2)
+    stripes = torch.zeros(1, 3, 4, 4)
+    stripes[..., ::2] = 1.0  # every horizontal neighbour pair differs by 1, no vertical one
+    assert float(edge_energy(stripes)) == pytest.approx(0.5)

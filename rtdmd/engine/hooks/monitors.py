@@ -27,7 +27,17 @@ WARNING names the monitor, its value, its threshold and what it suggests):
 - ``x0_norm_ratio``: the mean RMS value of ``x0`` over the reference's (latents blown up or
   shrunk); for images also ``saturation_shift`` and ``brightness_shift``: the change of the
   decoded images' mean HSV saturation and Rec. 601 luma (a reward model's colour or exposure
-  preference taken to the extreme).
+  preference taken to the extreme); ``edge_energy_ratio``: the mean absolute difference of
+  neighbouring pixels over the reference's (fine-scale contrast: streaks, speckle, fragmented
+  objects, the high-frequency patterns a reward model can be fooled by; it fires on a rise
+  only, as blur is the fidelity metric's to see); and ``rare_colour_shift``: how much more of the pixels lie
+  in colours the reference almost never draws (joint RGB bins of 32 levels holding under 0.1 %
+  of the reference's pixels over the probe prompts) than the reference's own, a share of the
+  image in [-1, 1]. Recolouring an object with another colour the reference draws costs
+  nothing; smears, fringes and off-palette colours count (the shapes world's GRPO-only hack: a
+  background streaked with colour, which no latent distance or colour mean sees in time).
+  ``colour_shift``, the total variation distance of the colour histograms (mean over prompts),
+  is logged next to it without a threshold: it also counts the reward's legitimate recolouring.
 
 The probe runs under ``no_grad`` in eval mode, on every rank (sharded networks need all ranks in
 a forward; every rank computes the same probe), draws its noise from counter-based streams of its
@@ -50,10 +60,14 @@ from torch import Tensor
 
 from rtdmd.evaluation.sample_stats import (
     brightness,
+    colour_histogram,
+    edge_energy,
     energy_distance,
     mean_pairwise_distance,
+    rare_colour_mass,
     rms_norm,
     saturation,
+    total_variation,
 )
 from rtdmd.models.samplers.noise import GeneratorNoise
 from rtdmd.registry import DATASETS, HOOKS, REWARDS
@@ -66,7 +80,7 @@ __all__ = ['THRESHOLD_DEFAULTS', 'RewardHackingMonitorHook', 'monitor_values']
 #: Conservative defaults: a healthy reward-tilted student stays well inside them (see
 #: docs/shapes_world.md for the traces of RTDMD and GRPO-only).
 THRESHOLD_DEFAULTS = dict(drift=0.5, diversity=0.5, reward_gap=2.0, x0_norm=1.5,
-                          saturation=0.15, brightness=0.15)
+                          saturation=0.15, brightness=0.15, edge_energy=1.25, rare_colour=0.1)
 
 #: monitor -> (threshold key, kind of bound, what a firing suggests). Kinds: ``max`` fires above
 #: the threshold, ``min`` below it, ``abs`` when ``|value|`` exceeds it, ``ratio`` outside
@@ -84,6 +98,12 @@ MONITORS = {
                          'a colour preference of the reward taken to the extreme'),
     'brightness_shift': ('brightness', 'abs', 'the brightness of the images changed: an '
                          'exposure preference of the reward taken to the extreme'),
+    'edge_energy_ratio': ('edge_energy', 'max', 'the images gained fine-scale contrast: '
+                          'streaks, speckle, fragmented objects or high-frequency patterns '
+                          'that a reward model can be fooled by'),
+    'rare_colour_shift': ('rare_colour', 'max', 'more of the pixels are in colours the '
+                          'stage-2 start almost never drew: artefacts, smears or off-palette '
+                          'colours the reward does not see'),
 }
 
 @HOOKS.register_module()
@@ -103,11 +123,18 @@ class RewardHackingMonitorHook(Hook):
             of prompts, or ``None``. Prompts that also occur in the training dataset are left out.
         heldout_reward: a reward scorer config scored on the training probe prompts as the
             held-out reward; when set it is used instead of ``heldout_prompts``.
+        patience: a monitor warns once it is past its threshold at ``patience`` probes in a
+            row (``monitor/crossing`` counts the monitors past it at this probe,
+            ``monitor/firing`` those warning). The probe is a few images per prompt, so one
+            probe past a threshold can be noise (a reward step the next one undoes); a hack
+            persists. 1 warns at the first crossing.
         thresholds: ``{monitor: value or None (off)}`` over :data:`THRESHOLD_DEFAULTS`:
             ``drift`` (max relative energy distance; 0.45 is a shift by the reference's
             spread), ``diversity`` (min ratio, in (0, 1)),
             ``reward_gap`` (max, in reference standard deviations), ``x0_norm`` (max factor
-            either way, > 1), ``saturation`` and ``brightness`` (max absolute change, in [0, 1]).
+            either way, > 1), ``saturation`` and ``brightness`` (max absolute change, in [0, 1]),
+            ``edge_energy`` (max factor of rise, > 1), ``rare_colour`` (max rise of the share
+            of pixels in rare colours, in (0, 1]).
     """
 
     priority = 'LOW'
@@ -116,8 +143,10 @@ class RewardHackingMonitorHook(Hook):
     def __init__(self, interval: int = 10, prompts: Sequence[Any] | None = None,
                  num_prompts: int = 4, samples_per_prompt: int | None = None, seed: int = 0,
                  heldout_prompts: str | dict | Sequence[Any] | None = 'auto',
-                 heldout_reward: dict | None = None, thresholds: dict | None = None) -> None:
-        for key, value in (('interval', interval), ('num_prompts', num_prompts)):
+                 heldout_reward: dict | None = None, patience: int = 2,
+                 thresholds: dict | None = None) -> None:
+        for key, value in (('interval', interval), ('num_prompts', num_prompts),
+                           ('patience', patience)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'RewardHackingMonitorHook.{key} must be an integer >= 1, got '
                                  f'{value!r}')
@@ -133,6 +162,8 @@ class RewardHackingMonitorHook(Hook):
                              f'dict(type=...) or None, got {heldout_reward!r}')
         self.thresholds = check_thresholds(thresholds)
         self.interval = interval
+        self.patience = patience
+        self.streaks: dict[str, int] = {}  # monitor -> probes in a row past its threshold
         self.prompts = list(prompts) if prompts is not None else None
         self.num_prompts = num_prompts
         self.samples_per_prompt = samples_per_prompt
@@ -163,10 +194,12 @@ class RewardHackingMonitorHook(Hook):
     def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         if self.reference is not None:
             checkpoint['reward_monitor_reference'] = self.reference
+            checkpoint['reward_monitor_streaks'] = dict(self.streaks)
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
         if getattr(runner, '_resume', False) and 'reward_monitor_reference' in checkpoint:
             self.reference = checkpoint['reward_monitor_reference']
+            self.streaks = dict(checkpoint.get('reward_monitor_streaks', {}))
 
     # ------------------------------------------------------------------------------ probing
     def probe(self, runner: Any) -> dict[str, Any]:
@@ -216,6 +249,8 @@ class RewardHackingMonitorHook(Hook):
             flat = out['_images']
             out['saturation'] = saturation(flat).cpu().view(x0.shape[:2])
             out['brightness'] = brightness(flat).cpu().view(x0.shape[:2])
+            out['edges'] = edge_energy(flat).cpu().view(x0.shape[:2])
+            out['colour_hist'] = colour_histogram(flat).cpu().view(*x0.shape[:2], -1).mean(1)
         return out
 
     def _scorer(self, device: torch.device) -> Any:
@@ -279,8 +314,11 @@ class RewardHackingMonitorHook(Hook):
 
     # ------------------------------------------------------------------------------ logging
     def _log(self, runner: Any, epoch: int, values: dict[str, float]) -> None:
-        firing = [name for name in values if name in MONITORS and self._fires(name, values)]
-        values = {**values, 'firing': float(len(firing))}
+        crossing = [name for name in values if name in MONITORS and self._fires(name, values)]
+        self.streaks = {name: self.streaks.get(name, 0) + 1 for name in crossing}
+        firing = [name for name in crossing  # a non-finite statistic is never noise
+                  if self.streaks[name] >= self.patience or not math.isfinite(values[name])]
+        values = {**values, 'crossing': float(len(crossing)), 'firing': float(len(firing))}
         self.history.append({'epoch': epoch, **values})
         if not is_main_process():
             return
@@ -294,9 +332,10 @@ class RewardHackingMonitorHook(Hook):
                      'abs': f'|.| > {self.thresholds[key]:g}',
                      'ratio': f'outside [{1 / self.thresholds[key]:.3g}, '
                               f'{self.thresholds[key]:g}]'}[kind]
+            row = (f', {self.streaks[name]} probes in a row' if self.patience > 1 else '')
             runner.logger.warning(
                 f'reward-hacking monitor {name} = {values[name]:.4g} at epoch {epoch}, '
-                f'threshold {bound} (thresholds.{key}): {meaning}')
+                f'threshold {bound} (thresholds.{key}){row}: {meaning}')
 
     def _fires(self, name: str, values: dict[str, float]) -> bool:
         key, kind, _ = MONITORS[name]
@@ -325,6 +364,17 @@ def monitor_values(probe: dict[str, Any], reference: dict[str, Any]) -> dict[str
         for name in ('saturation', 'brightness'):
             values[name] = probe[name].mean()
             values[f'{name}_shift'] = probe[name].mean() - reference[name].mean()
+    if 'edges' in probe and 'edges' in reference:
+        values['edge_energy'] = probe['edges'].mean()
+        values['edge_energy_ratio'] = probe['edges'].mean() / reference['edges'].mean().clamp_min(
+            1e-12)
+    if 'colour_hist' in probe and 'colour_hist' in reference:
+        hist, ref_hist = probe['colour_hist'], reference['colour_hist']
+        values['colour_shift'] = total_variation(hist, ref_hist).mean()
+        palette = ref_hist.mean(0)  # the colours the reference draws over the probe prompts
+        values['rare_colour'] = rare_colour_mass(hist, palette).mean()
+        values['rare_colour_shift'] = values['rare_colour'] - rare_colour_mass(ref_hist,
+                                                                               palette).mean()
     if probe.get('reward') is not None:
         values['reward_train'] = probe['reward'].mean()
     if probe.get('heldout') is not None and probe.get('reward') is not None:
@@ -342,7 +392,8 @@ def check_thresholds(thresholds: dict | None) -> dict[str, float | None]:
                          f'{sorted(unknown)}; valid: {sorted(THRESHOLD_DEFAULTS)}')
     out = {**THRESHOLD_DEFAULTS, **(thresholds or {})}
     ranges = dict(drift=(0, math.inf), diversity=(0, 1), reward_gap=(0, math.inf),
-                  x0_norm=(1, math.inf), saturation=(0, 1), brightness=(0, 1))
+                  x0_norm=(1, math.inf), saturation=(0, 1), brightness=(0, 1),
+                  edge_energy=(1, math.inf), rare_colour=(0, 1))
     for key, value in out.items():
         low, high = ranges[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
