@@ -30,13 +30,14 @@ WARNING names the monitor, its value, its threshold and what it suggests):
   preference taken to the extreme); ``edge_energy_ratio``: the mean absolute difference of
   neighbouring pixels over the reference's (fine-scale contrast: streaks, speckle, fragmented
   objects, the high-frequency patterns a reward model can be fooled by; it fires on a rise
-  only, as blur is the fidelity metric's to see); and ``rare_colour_shift``: how much more of the pixels lie
-  in colours the reference almost never draws (joint RGB bins of 32 levels holding under 0.1 %
-  of the reference's pixels over the probe prompts) than the reference's own, a share of the
-  image in [-1, 1]. Recolouring an object with another colour the reference draws costs
-  nothing; smears, fringes and off-palette colours count (the shapes world's GRPO-only hack: a
-  background streaked with colour, which no latent distance or colour mean sees in time).
-  ``colour_shift``, the total variation distance of the colour histograms (mean over prompts),
+  only, as blur is the fidelity metric's to see); and ``rare_colour_shift``: how much more of
+  the pixels lie in colours the reference almost never draws (joint RGB bins of 32 levels
+  holding under 0.1 % of the reference's pixels over the probe prompts) than the reference's
+  own, a share of the image in [-1, 1]. Recolouring an object with another colour the
+  reference draws costs nothing; smears, fringes and off-palette colours count (the shapes
+  world's GRPO-only hack: a background streaked with colour and objects broken into fragments,
+  which no latent distance or colour mean sees in time). A monitor warns after ``patience``
+  probes in a row past its threshold. ``colour_shift``, the total variation distance of the colour histograms (mean over prompts),
   is logged next to it without a threshold: it also counts the reward's legitimate recolouring.
 
 The probe runs under ``no_grad`` in eval mode, on every rank (sharded networks need all ranks in
