@@ -37,8 +37,9 @@ WARNING names the monitor, its value, its threshold and what it suggests):
   reference draws costs nothing; smears, fringes and off-palette colours count (the shapes
   world's GRPO-only hack: a background streaked with colour and objects broken into fragments,
   which no latent distance or colour mean sees in time). A monitor warns after ``patience``
-  probes in a row past its threshold. ``colour_shift``, the total variation distance of the colour histograms (mean over prompts),
-  is logged next to it without a threshold: it also counts the reward's legitimate recolouring.
+  probes in a row past its threshold. ``colour_shift``, the total variation distance of the
+  colour histograms (mean over prompts), is logged without a threshold: it also counts the
+  reward's legitimate recolouring.
 
 The probe runs under ``no_grad`` in eval mode, on every rank (sharded networks need all ranks in
 a forward; every rank computes the same probe), draws its noise from counter-based streams of its
