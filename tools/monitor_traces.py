@@ -19,7 +19,9 @@ import sys
 
 from tabulate import tabulate
 
-from rtdmd.engine.hooks.monitors import THRESHOLD_DEFAULTS
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+from rtdmd.engine.hooks.monitors import THRESHOLD_DEFAULTS  # noqa: E402
 
 COLUMNS = ('drift', 'diversity_ratio', 'x0_norm_ratio', 'saturation_shift', 'brightness_shift',
            'edge_energy_ratio', 'rare_colour_shift', 'reward_gap', 'reward_train', 'firing')
