@@ -119,7 +119,10 @@ def load_config(path: str, cfg_options: dict | None = None) -> Config:
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'config file not found: {path!r}')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except TypeError as err:  # mmengine's _base_ merge: a dict over a non-dict, and similar
+        raise ConfigError([f'{path}: {err}']) from None
     if cfg_options:
         _check_option_parents(cfg, cfg_options)
         _drop_keys_of_replaced_types(cfg, cfg_options)

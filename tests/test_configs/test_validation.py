@@ -210,6 +210,14 @@ def test_missing_file_names_path(tmp_path):
         load_config(missing)
 
 
+def test_dict_over_none_in_base_names_file_and_fix(tmp_path):
+    (tmp_path / 'base.py').write_text('evaluation = None\n')
+    child = tmp_path / 'child.py'
+    child.write_text("_base_ = ['./base.py']\nevaluation = dict(kind='shapes')\n")
+    with pytest.raises(ConfigError, match=r'child\.py: .*evaluation.*_delete_=True'):
+        load_config(str(child))
+
+
 def test_unknown_top_level_key_without_close_match_explains_the_rule():
     with pytest.raises(ConfigError, match="helper variables start with '_'"):
         validate_config({'work_dir': 'x', 'vis_backends': []})
