@@ -6,8 +6,13 @@ rtdmd loads checkpoints with ``weights_only=True`` only. A checkpoint written by
 ``CheckpointHook`` (or by an rtdmd older than the safe format) pickles ``HistoryBuffer`` and
 NumPy objects and is refused. If, and only if, you trust where ``SRC`` came from, this unpickles
 it once (``weights_only=False``: it can run code hidden in the file) and writes ``DST`` holding
-tensors and plain values only, with a checksum record. The record carries no run identity, so a
-converted checkpoint resumes any config: check that it is the right one.
+tensors and plain values only, with a checksum record. Before that it lists the globals the file's
+pickle imports and refuses any beyond those mmengine's checkpoints use (NumPy's arrays, scalars
+and dtypes, ``HistoryBuffer`` and the ``getattr`` its pickle calls): a file that imports ``os``,
+``subprocess`` or ``open`` was not written by mmengine. That narrows what a crafted file can do;
+it does not make it safe (``getattr`` still reaches far), so the trust stays yours. The record
+carries no run identity, so a converted checkpoint resumes any config: check that it is the
+right one.
 """
 
 from __future__ import annotations
@@ -23,9 +28,30 @@ from .checkpoint_io import RECORD_FORMAT, encode_checkpoint, file_sha256, record
 
 __all__ = ['convert_trusted_checkpoint']
 
+# The globals beyond torch's safe set that mmengine's CheckpointHook files import (NumPy 1 and 2).
+MMENGINE_GLOBALS = frozenset({
+    'builtins.getattr', 'collections.OrderedDict', 'mmengine.logging.history_buffer.HistoryBuffer',
+    'numpy.dtype', 'numpy.ndarray', 'numpy.core.multiarray._reconstruct',
+    'numpy.core.multiarray.scalar', 'numpy._core.multiarray._reconstruct',
+    'numpy._core.multiarray.scalar'})
+
+
+def _foreign_globals(src: str) -> list[str]:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(src)
+    return [n for n in names if n not in MMENGINE_GLOBALS and not n.startswith('numpy.dtypes.')]
+
 
 def convert_trusted_checkpoint(src: str, dst: str) -> str:
-    """Write ``src`` (trusted, unpickled with code) to ``dst`` in the safe format; returns dst."""
+    """Write ``src`` (trusted, unpickled with code) to ``dst`` in the safe format; returns dst.
+
+    Raises:
+        ValueError: ``src`` imports globals that no mmengine checkpoint does; nothing is run.
+    """
+    foreign = _foreign_globals(src)
+    if foreign:
+        raise ValueError(f'{src} was not converted: its pickle imports {", ".join(foreign)}, '
+                         f'which no mmengine checkpoint does. Nothing in it was run; do not load '
+                         f'it unless you know what these are for.')
     checkpoint = torch.load(src, map_location='cpu', weights_only=False)  # the user trusts it
     buffer = io.BytesIO()
     torch.save(encode_checkpoint(checkpoint), buffer)

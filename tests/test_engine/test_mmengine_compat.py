@@ -159,6 +159,24 @@ def test_crafted_pickle_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def test_convert_refuses_a_file_importing_more_than_mmengine_without_running_it(tmp_path):
+    """The trusted conversion still refuses a pickle importing what no mmengine file does."""
+    from rtdmd.utils.convert_checkpoint import convert_trusted_checkpoint
+
+    marker = tmp_path / 'pwned'
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    crafted = tmp_path / 'crafted.pth'
+    torch.save({'state_dict': {}, 'payload': Exploit()}, crafted)
+    with pytest.raises(ValueError, match=r'crafted\.pth was not converted.*io\.open'):
+        convert_trusted_checkpoint(str(crafted), str(tmp_path / 'out.pth'))
+    assert not marker.exists()
+    assert not (tmp_path / 'out.pth').exists()
+
+
 def test_resume_after_patch(checkpoint, tmp_path):
     apply_mmengine_patches()
     runner = toy_runner(
